@@ -1,0 +1,74 @@
+# voicegate — two commands do all the set-up: `make run-demo` and `make test`.
+# Each installs only what is missing (Debian packages, .venv/, pip packages, models) and is quick the second time.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMPS := .stamps
+HOST ?= 127.0.0.1
+PORT ?= 8080
+APT_PACKAGES := espeak-ng chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VOSK_MODEL := vosk-model-small-en-us-0.15
+
+.PHONY: install run-demo test lint bench bench-quick models relevance-model clean help
+
+help:
+	@echo "make run-demo   install what is missing, then serve the demo on http://$(HOST):$(PORT)"
+	@echo "make test       install what is missing, then run the test suite"
+	@echo "make lint       ruff + mypy"
+	@echo "make bench      barge-in benchmark (full corpus); make bench-quick for --quick"
+	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
+
+install: $(STAMPS)/apt $(STAMPS)/venv
+
+# Debian packages: espeak-ng (TTS), chromium + chromium-driver (browser tests).
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "apt: $(APT_PACKAGES) present"; else \
+		echo "apt: installing $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+# torch==2.13.0 first and explicitly (any other torch request pulls a multi-GB CUDA build), then the rest.
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+run-demo: install
+	@echo "voicegate demo: open http://$(HOST):$(PORT)/ in a browser"
+	$(VENV)/bin/voicegate serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(VENV)/bin/ruff check voicegate tests
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check voicegate tests
+	$(VENV)/bin/mypy
+
+bench: install
+	$(VENV)/bin/voicegate bench
+
+bench-quick: install
+	$(VENV)/bin/voicegate bench --quick
+
+# The relevance model is committed; this rebuilds it reproducibly from ../shared/data/text.
+relevance-model: install
+	$(VENV)/bin/voicegate train-relevance
+
+models: relevance-model
+	@if [ -d models/$(VOSK_MODEL) ]; then echo "models/$(VOSK_MODEL) present"; else \
+		echo "fetching $(VOSK_MODEL) (skipped where the model server is unreachable)"; \
+		( curl -fsSL --max-time 120 -o /tmp/$(VOSK_MODEL).zip https://alphacephei.com/vosk/models/$(VOSK_MODEL).zip \
+		  && $(PY) -m zipfile -e /tmp/$(VOSK_MODEL).zip models/ ) \
+		|| echo "Vosk model unavailable here: voicegate falls back to Whisper tiny.en (see README)"; \
+	fi
+
+clean:
+	rm -rf $(STAMPS) bench-out .pytest_cache .mypy_cache .ruff_cache

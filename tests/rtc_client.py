@@ -1,0 +1,134 @@
+"""A real aiortc caller for the tests: sends a clip as its microphone, records the bot, reads the events."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+RATE = 48_000
+FRAME = 960
+
+
+class ClipTrack(MediaStreamTrack):
+    """A paced microphone: plays ``pcm`` (48 kHz mono s16) once after ``delay_secs`` of silence, then silence."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray | None = None, delay_secs: float = 0.0) -> None:
+        super().__init__()
+        self.pcm = np.zeros(0, np.int16) if pcm is None else pcm.astype(np.int16)
+        self.delay_samples = int(delay_secs * RATE)
+        self.sent_frames = 0
+        self._start: float | None = None
+        self._pos = 0
+        self.clip_started_at: float | None = None
+
+    def schedule(self, pcm: np.ndarray, delay_secs: float) -> None:
+        """Play ``pcm`` ``delay_secs`` from now."""
+        self.pcm = pcm.astype(np.int16)
+        self._pos = 0
+        self.delay_samples = self.sent_frames * FRAME + int(delay_secs * RATE)
+        self.clip_started_at = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.time()
+        wait = self._start + self.sent_frames * FRAME / RATE - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out = np.zeros(FRAME, np.int16)
+        t = self.sent_frames * FRAME
+        if t + FRAME > self.delay_samples and self._pos < len(self.pcm):
+            lead = max(0, self.delay_samples - t)
+            take = min(FRAME - lead, len(self.pcm) - self._pos)
+            if self._pos == 0:
+                self.clip_started_at = time.monotonic() + lead / RATE
+            out[lead:lead + take] = self.pcm[self._pos:self._pos + take]
+            self._pos += take
+        frame = AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = t
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.sent_frames += 1
+        return frame
+
+
+class Caller:
+    """One WebRTC call to a voicegate server, as an independent client would make it."""
+
+    def __init__(self, base_url: str, mic: ClipTrack | None = None) -> None:
+        self.base_url = base_url
+        self.mic = mic or ClipTrack()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.events: list[dict[str, Any]] = []
+        self.bot_frames: list[np.ndarray] = []
+        self.call_id = ""
+        self._reader: asyncio.Task[None] | None = None
+        self._event_waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+
+    async def connect(self) -> None:
+        self.pc.addTrack(self.mic)
+        channel = self.pc.createDataChannel("events")
+
+        @channel.on("message")
+        def on_message(message: str) -> None:
+            event = json.loads(message)
+            event["_received"] = time.monotonic()
+            self.events.append(event)
+            for type_, fut in list(self._event_waiters):
+                if type_ == event["type"] and not fut.done():
+                    fut.set_result(event)
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._reader = asyncio.ensure_future(self._read(track))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.base_url}/offer", json={
+                "sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type,
+            }) as res:
+                body = await res.json()
+                assert res.status == 200, body
+        self.call_id = body["call_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.bot_frames.append(frame.to_ndarray().reshape(-1))  # type: ignore[union-attr]
+        except MediaStreamError:
+            pass
+
+    async def wait_event(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        for event in self.events:
+            if event["type"] == type_:
+                return event
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._event_waiters.append((type_, fut))
+        return await asyncio.wait_for(fut, timeout)
+
+    def bot_rms(self, last_frames: int | None = None) -> float:
+        frames = self.bot_frames[-last_frames:] if last_frames else self.bot_frames
+        if not frames:
+            return 0.0
+        data = np.concatenate(frames).astype(np.float64)
+        return float(np.sqrt(np.mean(data ** 2)))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)

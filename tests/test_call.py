@@ -1,0 +1,82 @@
+"""A real WebRTC call through two aiortc peers: inbound samples, the bot's voice, the events channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import base_url
+from tests.rtc_client import Caller, ClipTrack
+from voicegate.audio.pcm import load_audio
+from voicegate.server.app import SESSIONS
+
+
+async def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_inbound_path_receives_caller_audio_at_16k(server: TestServer, shared_data) -> None:  # type: ignore[no-untyped-def]
+    clip = load_audio(shared_data / "speech/asr_test_wavs/vosk-api_python_example_test.wav", 48_000)[: 48_000 * 2]
+    caller = Caller(base_url(server), ClipTrack(clip, delay_secs=0.3))
+    await caller.connect()
+    try:
+        session = server.app[SESSIONS][caller.call_id]
+        await _wait_for(lambda: caller.mic._pos >= len(clip))
+        sent_frames = caller.mic.sent_frames
+        await _wait_for(lambda: session.inbound is not None
+                        and session.inbound.received_samples >= sent_frames * 320 - 2 * 320)
+        received = session.inbound.received_samples
+        # Every 20 ms frame the caller sent arrives as 320 samples at 16 kHz (a frame or two may still be in flight).
+        assert abs(received - sent_frames * 320) <= 4 * 320, (received, sent_frames)
+        assert session.inbound.dropped_chunks == 0
+        # Real speech, not silence: the energy that arrived matches the energy sent (Opus is lossy, not that lossy).
+        sent_rms = float(np.sqrt(np.sum(clip.astype(np.float64) ** 2) / (sent_frames * 960)))
+        assert sent_rms > 100
+        assert 0.6 * sent_rms < session.inbound_rms < 1.5 * sent_rms, (session.inbound_rms, sent_rms)
+    finally:
+        await caller.close()
+    await _wait_for(lambda: not server.app[SESSIONS])
+
+
+async def test_bot_greets_within_1_5_s_and_events_flow(server: TestServer) -> None:
+    caller = Caller(base_url(server))
+    await caller.connect()
+    try:
+        started = await caller.wait_event("session.started")
+        speaking = await caller.wait_event("bot.speaking")
+        assert speaking["t_ms"] - started["t_ms"] < 1500
+        assert speaking["text"].startswith("Hi!")
+        assert all("t_ms" in e and "type" in e for e in caller.events)
+        await asyncio.sleep(1.0)
+        assert caller.bot_rms(last_frames=25) > 200, "the caller hears the bot's voice"
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/healthz") as res:
+            assert await res.json() == {"status": "ok", "sessions": 1}
+    finally:
+        await caller.close()
+    await _wait_for(lambda: not server.app[SESSIONS])
+
+
+async def test_two_calls_are_independent(server: TestServer) -> None:
+    a, b = Caller(base_url(server)), Caller(base_url(server))
+    await a.connect()
+    await b.connect()
+    try:
+        await a.wait_event("bot.speaking")
+        await b.wait_event("bot.speaking")
+        assert a.call_id != b.call_id
+        await a.close()
+        await _wait_for(lambda: len(server.app[SESSIONS]) == 1)
+        frames_before = len(b.bot_frames)
+        await asyncio.sleep(0.5)
+        assert len(b.bot_frames) > frames_before + 15, "the other call keeps streaming"
+        assert np.abs(np.concatenate(b.bot_frames[-20:])).max() > 0
+    finally:
+        await b.close()
+    await _wait_for(lambda: not server.app[SESSIONS])

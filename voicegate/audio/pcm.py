@@ -1,0 +1,48 @@
+"""PCM helpers: resampling with ``av``, decoding files, levels in dBFS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+from av import AudioFrame, AudioResampler
+
+
+def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample mono s16 ``pcm`` from ``from_rate`` to ``to_rate`` with ``av.AudioResampler`` (one shot)."""
+    data = np.ascontiguousarray(pcm, dtype=np.int16).reshape(-1)
+    if from_rate == to_rate or not data.size:
+        return data.copy()
+    frame = AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = from_rate
+    resampler = AudioResampler(format="s16", layout="mono", rate=to_rate)
+    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode any file ``av`` can read (wav/ogg/flac/mp3) into mono s16 at ``sample_rate``."""
+    resampler = AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    parts: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            frame.pts = None
+            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
+
+
+def dbfs(pcm: np.ndarray) -> float:
+    """RMS level of s16 ``pcm`` in dB relative to full scale (−120 for silence)."""
+    if not len(pcm):
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(pcm.astype(np.float32) / 32768.0))))
+    return 20.0 * float(np.log10(max(rms, 1e-6)))
+
+
+def gain(pcm: np.ndarray, gain_db: float) -> np.ndarray:
+    """Scale s16 ``pcm`` by ``gain_db`` with clipping."""
+    scaled = pcm.astype(np.float32) * (10.0 ** (gain_db / 20.0))
+    return np.clip(scaled, -32768, 32767).astype(np.int16)

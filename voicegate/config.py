@@ -1,0 +1,157 @@
+"""Options records with their defaults, and the one place where environment variables are read."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PIPELINE_SAMPLE_RATE = 16_000
+"""Sample rate of everything the gate hears: inbound audio is resampled to 16 kHz mono s16."""
+
+PLAYOUT_SAMPLE_RATE = 24_000
+"""Sample rate of the outbound playout track (the rate of most TTS engines, OpenAI's pcm included)."""
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """HTTP and WebRTC settings of ``voicegate serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 1024
+    """Largest accepted ``POST /offer`` body; a browser offer is 3–10 KB."""
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs for ``RTCConfiguration``; empty on loopback and LANs."""
+    web_dir: Path = REPO_ROOT / "web"
+
+
+@dataclass(frozen=True)
+class PlayoutOptions:
+    """Outbound track behaviour."""
+
+    sample_rate: int = PLAYOUT_SAMPLE_RATE
+    frame_ms: int = 20
+    fade_ms: float = 4.0
+    """Ramp applied when pausing and resuming so that nothing clicks."""
+    resume_rewind_ms: float = 0.0
+    """Replayed before the paused sample on resume (0 = continue from the exact sample)."""
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """Thresholds of the reflex layer. Every default is documented in the README."""
+
+    vad_onset_threshold: float = 0.5
+    """Silero probability that starts speech."""
+    vad_offset_threshold: float = 0.35
+    """Silero probability under which speech may end (hysteresis)."""
+    vad_onset_windows: int = 1
+    """Consecutive 32 ms windows above the onset threshold needed to start speech."""
+    vad_hangover_ms: float = 320.0
+    """Non-speech needed to end speech."""
+    noise_floor_margin_db: float = 8.0
+    """A window must be this much louder than the tracked noise floor to count as speech."""
+    min_speech_dbfs: float = -55.0
+    """Absolute floor: quieter windows never count as speech."""
+    verdict_timeout_ms: float = 1500.0
+    """Unclear for this long while the user keeps talking → interrupt (long speech takes the floor)."""
+    short_sound_ms: float = 250.0
+    """Sound shorter than this with no words is noise → resume."""
+    end_of_turn_ms: float = 600.0
+    """Silence that ends the user's turn after a stop."""
+    stop_phrases: tuple[str, ...] = (
+        "stop", "wait", "hold on", "hang on", "no", "cancel", "shut up", "be quiet", "pause", "enough",
+    )
+    echo_similarity: float = 0.6
+    """Transcript/played-text word overlap above which speech is the bot's own echo."""
+    echo_correlation: float = 0.5
+    """Normalised cross-correlation with the recent outbound audio above which a window is echo."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """The brain: an OpenAI-compatible LLM, or the built-in demo assistant when none is configured."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    system_prompt: str = (
+        "You are a helpful voice assistant. Answer in one to three short spoken sentences, no markdown."
+    )
+    greeting: str = "Hi! I'm the voicegate demo. Interrupt me any time."
+    first_token_timeout_secs: float = 8.0
+
+    @property
+    def llm_configured(self) -> bool:
+        """True when an OpenAI-compatible endpoint or key is configured."""
+        return bool(self.base_url or self.api_key)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that can be configured, in one record."""
+
+    server: ServerOptions = field(default_factory=ServerOptions)
+    playout: PlayoutOptions = field(default_factory=PlayoutOptions)
+    gate: GateOptions = field(default_factory=GateOptions)
+    agent: AgentOptions = field(default_factory=AgentOptions)
+    vosk_model: Path | None = None
+
+
+def _coerce(value: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, tuple):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(current, Path):
+        return Path(value)
+    return value
+
+
+def _overlay(record: Any, prefix: str, env: dict[str, str]) -> Any:
+    changes = {}
+    for f in fields(record):
+        key = f"{prefix}{f.name.upper()}"
+        if key in env:
+            changes[f.name] = _coerce(env[key], getattr(record, f.name))
+    return replace(record, **changes) if changes else record
+
+
+def options_from_env(env: dict[str, str] | None = None) -> Options:
+    """Build :class:`Options` from environment variables.
+
+    ``VOICEGATE_GATE_<FIELD>`` overrides any :class:`GateOptions` field (e.g. ``VOICEGATE_GATE_VAD_HANGOVER_MS``),
+    likewise ``VOICEGATE_PLAYOUT_<FIELD>`` and ``VOICEGATE_SERVER_<FIELD>``. The LLM uses the standard
+    ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
+    ``VOICEGATE_GREETING``; ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory; ``VOICEGATE_ICE_SERVERS``
+    is a comma-separated list of STUN/TURN URLs.
+    """
+    env = dict(os.environ if env is None else env)
+    opts = Options()
+    server = _overlay(opts.server, "VOICEGATE_SERVER_", env)
+    if "VOICEGATE_ICE_SERVERS" in env:
+        server = replace(server, ice_servers=_coerce(env["VOICEGATE_ICE_SERVERS"], ()))
+    agent = AgentOptions(
+        api_key=env.get("OPENAI_API_KEY") or None,
+        base_url=env.get("OPENAI_BASE_URL") or None,
+        model=env.get("VOICEGATE_LLM_MODEL", AgentOptions.model),
+        system_prompt=env.get("VOICEGATE_SYSTEM_PROMPT", AgentOptions.system_prompt),
+        greeting=env.get("VOICEGATE_GREETING", AgentOptions.greeting),
+    )
+    vosk = env.get("VOICEGATE_VOSK_MODEL")
+    return Options(
+        server=server,
+        playout=_overlay(opts.playout, "VOICEGATE_PLAYOUT_", env),
+        gate=_overlay(opts.gate, "VOICEGATE_GATE_", env),
+        agent=agent,
+        vosk_model=Path(vosk) if vosk else None,
+    )

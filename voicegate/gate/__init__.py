@@ -1,0 +1,1 @@
+"""The reflex layer: relevance verdicts and the duplex controller that owns the conversation state."""

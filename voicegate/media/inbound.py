@@ -1,0 +1,86 @@
+"""The inbound path: the one consumer of a remote audio track, resampling to 16 kHz mono s16."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, AudioResampler
+
+from voicegate.config import PIPELINE_SAMPLE_RATE
+from voicegate.events import MediaClock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PcmChunk:
+    """A piece of the caller's audio at 16 kHz mono s16."""
+
+    pcm: np.ndarray
+    pts_samples: int
+    """Timestamp of the first sample in 16 kHz samples, carried over from the RTP timestamp."""
+    received_ms: float
+    """Media time at which the frame arrived."""
+
+
+class InboundAudio:
+    """Reads one remote audio track, resamples each frame with ``av.AudioResampler`` and buffers a bounded queue.
+
+    Iterate with ``async for chunk in inbound`` (exactly one consumer). When the consumer falls behind by more
+    than ``max_buffered_ms`` the oldest chunks are dropped and counted in :attr:`dropped_chunks`.
+    """
+
+    def __init__(self, track: MediaStreamTrack, clock: MediaClock, max_buffered_ms: int = 1000) -> None:
+        self.track = track
+        self.clock = clock
+        self.sample_rate = PIPELINE_SAMPLE_RATE
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+        self._queue: asyncio.Queue[PcmChunk | None] = asyncio.Queue(maxsize=max(1, max_buffered_ms // 20))
+        self.received_samples = 0
+        self.dropped_chunks = 0
+        self._ended = False
+
+    def resample(self, frame: AudioFrame) -> list[PcmChunk]:
+        """Convert one decoded frame (any rate/layout) into 16 kHz mono chunks, keeping its timestamp."""
+        now_ms = self.clock.now_ms()
+        chunks = []
+        for out in self._resampler.resample(frame):
+            pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+            pts = int(out.pts) if out.pts is not None else self.received_samples
+            chunks.append(PcmChunk(pcm, pts, now_ms))
+        return chunks
+
+    def _put(self, item: PcmChunk | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped_chunks += 1
+        self._queue.put_nowait(item)
+
+    async def run(self) -> None:
+        """Pull frames until the track ends; run this as the track's only reader."""
+        try:
+            while True:
+                frame = await self.track.recv()
+                for chunk in self.resample(frame):  # type: ignore[arg-type]
+                    self.received_samples += len(chunk.pcm)
+                    self._put(chunk)
+        except MediaStreamError:
+            log.debug("inbound track ended after %d samples", self.received_samples)
+        finally:
+            self._ended = True
+            self._put(None)
+
+    def __aiter__(self) -> AsyncIterator[PcmChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[PcmChunk]:
+        while True:
+            chunk = await self._queue.get()
+            if chunk is None:
+                return
+            yield chunk

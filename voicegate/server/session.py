@@ -1,0 +1,138 @@
+"""One call: a peer connection, its inbound consumer, its playout track, controller, gate and agent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdatachannel import RTCDataChannel
+
+from voicegate.agent.base import ReplyRunner
+from voicegate.agent.demo import DemoAssistant
+from voicegate.config import Options
+from voicegate.events import EventBus, MediaClock
+from voicegate.gate.controller import DuplexController
+from voicegate.media.inbound import InboundAudio, PcmChunk
+from voicegate.media.playout import PlayoutTrack
+from voicegate.tasks import TaskOwner
+from voicegate.tts.espeak import EspeakTts
+
+log = logging.getLogger(__name__)
+
+ChunkSink = Callable[[PcmChunk], Awaitable[None]]
+
+
+class Session:
+    """Everything one caller owns; :meth:`close` releases all of it (idempotent)."""
+
+    def __init__(self, options: Options, on_closed: Callable[[Session], None] | None = None,
+                 call_id: str | None = None) -> None:
+        self.call_id = call_id or uuid.uuid4().hex[:8]
+        self.options = options
+        self.clock = MediaClock()
+        self.events = EventBus(self.clock, self.call_id)
+        self.tasks = TaskOwner(f"call-{self.call_id}")
+        ice = [RTCIceServer(urls=url) for url in options.server.ice_servers]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        self.playout = PlayoutTrack(options.playout)
+        self.tts = EspeakTts(sample_rate=options.playout.sample_rate)
+        self.controller = DuplexController(self.playout, self.tts, self.events)
+        self.runner = ReplyRunner(self.controller, self.tasks)
+        self.agent = DemoAssistant(self.runner, self.events)
+        self.inbound: InboundAudio | None = None
+        self.inbound_sum_squares = 0.0
+        self.extra_sinks: list[ChunkSink] = []
+        self._blackholes: list[MediaBlackhole] = []
+        self._channels: list[RTCDataChannel] = []
+        self._on_closed = on_closed
+        self._started = False
+        self.closed = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    async def accept(self, offer_sdp: str) -> RTCSessionDescription:
+        """Apply the caller's offer and return the complete answer (ICE candidates included)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        self.pc.addTrack(self.playout)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    # -- peer connection events -------------------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self.inbound is None:
+            self.inbound = InboundAudio(track, self.clock)
+            self.tasks.spawn(self.inbound.run(), "inbound")
+            self.tasks.spawn(self._consume(self.inbound), "gate")
+        else:
+            # Every remote track needs a reader, or aiortc buffers its frames without bound.
+            hole = MediaBlackhole()
+            hole.addTrack(track)
+            self._blackholes.append(hole)
+            self.tasks.spawn(hole.start(), f"blackhole-{track.kind}")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != "events":
+            return
+        self._channels.append(channel)
+
+        def send(event: dict[str, Any]) -> None:
+            if channel.readyState == "open":
+                channel.send(json.dumps(event))
+
+        if channel.readyState == "open":
+            self.events.add_listener(send, replay=True)
+        else:
+            channel.on("open", lambda: self.events.add_listener(send, replay=True))
+        channel.on("close", lambda: self.events.remove_listener(send))
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("call=%s connection %s", self.call_id, state)
+        if state == "connected" and not self._started:
+            self._started = True
+            self.events.emit("session.started", call_id=self.call_id,
+                             llm=self.options.agent.llm_configured)
+            self.agent.start()
+        elif state in ("failed", "closed"):
+            await self.close()
+
+    # -- inbound audio ----------------------------------------------------------------------------------------
+
+    async def _consume(self, inbound: InboundAudio) -> None:
+        async for chunk in inbound:
+            self.inbound_sum_squares += float(np.sum(np.square(chunk.pcm.astype(np.float64))))
+            for sink in self.extra_sinks:
+                await sink(chunk)
+
+    @property
+    def inbound_rms(self) -> float:
+        """RMS of everything received (s16 units); 0 for silence."""
+        n = self.inbound.received_samples if self.inbound else 0
+        return float(np.sqrt(self.inbound_sum_squares / n)) if n else 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the peer connection and release every task, track and listener (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.events.emit("session.ended", call_id=self.call_id)
+        self.agent.cancel()
+        for hole in self._blackholes:
+            await hole.stop()
+        self.playout.stop()
+        await self.pc.close()
+        await self.tasks.aclose()
+        if self._on_closed is not None:
+            self._on_closed(self)
+        log.info("call=%s closed", self.call_id)
