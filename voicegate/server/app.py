@@ -31,8 +31,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Turn every HTTP error (404, 405, 413, …) into a JSON ``{"error": ...}`` body."""
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error(413, f"body too large: at most {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body too large: at most {request.app[OPTIONS].server.max_body_bytes} bytes")
     except web.HTTPMethodNotAllowed as exc:
         response = _error(405, f"method {request.method} not allowed on {request.path}")
         response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
