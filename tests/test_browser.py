@@ -53,7 +53,8 @@ async def test_demo_page_makes_a_real_call(server: TestServer, shared_data: Path
             assert len(sessions) == 1
             session = next(iter(sessions.values()))
             deadline = time.monotonic() + 10
-            while (session.inbound is None or session.inbound.received_samples < 32_000) and time.monotonic() < deadline:
+            while (session.inbound is None or session.inbound.received_samples < 32_000) \
+                    and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert session.inbound is not None and session.inbound.received_samples > 16_000
             assert session.inbound_rms > 100, "the server hears the page's (fake) microphone"

@@ -62,7 +62,7 @@ def test_plays_queue_in_order_and_reports_samples_played() -> None:
 
 
 def test_pause_sends_silence_and_resume_continues_from_exact_sample() -> None:
-    track, rec = make_track(fade_ms=0.0)
+    track, _ = make_track(fade_ms=0.0)
     signal = ramp(FRAME * 10)
     track.push(signal, "u")
     first = track.next_frame()
@@ -96,7 +96,7 @@ def test_pause_and_resume_fade_instead_of_clicking() -> None:
 
 
 def test_clear_drops_queue_bumps_generation_and_refuses_stale_push() -> None:
-    track, rec = make_track()
+    track, _ = make_track()
     track.push(ramp(FRAME * 5), "a")
     track.push(ramp(FRAME * 5), "b")
     track.next_frame()
