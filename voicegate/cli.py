@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from voicegate.config import options_from_env
 
@@ -25,6 +26,41 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify(args: argparse.Namespace) -> int:
+    import json
+
+    from voicegate.gate.relevance import DEFAULT_MODEL, FastTextJudge
+
+    judge = FastTextJudge(args.model or DEFAULT_MODEL)
+    for raw in sys.stdin:
+        text = raw.rstrip("\r\n")
+        result = judge.classify(text)
+        sys.stdout.write(json.dumps({"text": text, "label": result.label,
+                                     "confidence": round(result.confidence, 4)}) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _train_relevance(args: argparse.Namespace) -> int:
+    import json
+
+    from voicegate.gate.relevance import DEFAULT_MODEL
+    from voicegate.gate.train_relevance import DEFAULT_DATA, train
+
+    data_dir = args.data or DEFAULT_DATA
+    if not data_dir.is_dir():
+        print(f"voicegate: training data {data_dir} not found (pass --data DIR with clinc150/, hwu64/, mrda/)",
+              file=sys.stderr)
+        return 2
+    out = args.out or DEFAULT_MODEL
+    figures = train(out=out, data_dir=data_dir, with_mrda=args.with_mrda,
+                    card=out.with_suffix(".md") if not args.no_card else None)
+    summary = {k: figures[k] for k in ("train_secs", "size_bytes", "held_out", "external_mrda_test")}
+    print(json.dumps(summary, indent=1, default=str))
+    print(f"voicegate: wrote {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands: serve, classify, train-relevance, bench)."""
     parser = argparse.ArgumentParser(prog="voicegate", description=__doc__)
@@ -36,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ice-server", action="append", default=[],
                        help="STUN/TURN URL for RTCConfiguration (repeatable); none by default")
     serve.set_defaults(func=_serve)
+
+    classify = sub.add_parser("classify", help="label transcripts from stdin: one JSON object per input line")
+    classify.add_argument("--model", type=Path, default=None, help="a .ftz/.bin model (default models/relevance.ftz)")
+    classify.set_defaults(func=_classify)
+
+    train = sub.add_parser("train-relevance", help="rebuild models/relevance.ftz reproducibly")
+    train.add_argument("--data", type=Path, default=None, help="text data folder (default ../shared/data/text)")
+    train.add_argument("--out", type=Path, default=None)
+    train.add_argument("--with-mrda", action="store_true",
+                       help="also train on ICSI MRDA (verify its licence first; the shipped model does not)")
+    train.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
+    train.set_defaults(func=_train_relevance)
     return parser
 
 
