@@ -48,6 +48,18 @@ class MediaClock:
         return (time.monotonic() - self.start_secs) * 1000.0
 
 
+class SimClock(MediaClock):
+    """A media clock that only moves when told to (tests, benchmark)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.t_ms = 0.0
+
+    def now_ms(self) -> float:
+        """The simulated time."""
+        return self.t_ms
+
+
 class EventBus:
     """Fans events out to listeners (the data channel, tests, metrics) and keeps a bounded backlog.
 

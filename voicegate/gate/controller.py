@@ -6,6 +6,7 @@ import asyncio
 import enum
 import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,9 @@ class DuplexController:
         self.state = DuplexState.LISTENING
         self.on_stop: Callable[[], None] | None = None
         self.on_reply_heard: Callable[[HeardText], None] | None = None
+        self.on_user_turn: Callable[[str], None] | None = None
+        self.echo_similarity = 0.6
+        self._recent_bot_text: deque[tuple[float, str]] = deque(maxlen=16)
         self._speech: dict[str, tuple[str, Speech]] = {}
         self._heard: dict[str, HeardText] = {}
         self._ids = itertools.count(1)
@@ -100,10 +104,15 @@ class DuplexController:
         while (self.playout.generation == generation
                and self.playout.queued_samples * 1000 / self.playout.sample_rate > self.lookahead_ms):
             await self._wait_space()
+        return self.queue_speech(speech, reply_id, generation)
+
+    def queue_speech(self, speech: Speech, reply_id: str, generation: int | None = None) -> bool:
+        """Queue synthesized ``speech`` now (False when ``generation`` is stale)."""
         utterance_id = f"{reply_id}.{next(self._ids)}"
         speech = _resampled(speech, self.playout.sample_rate)
         if not self.playout.push(speech.pcm, utterance_id, generation):
             return False
+        self._heard.setdefault(reply_id, HeardText(reply_id, []))
         self._speech[utterance_id] = (reply_id, speech)
         if self.state is DuplexState.LISTENING:
             self._set_state(DuplexState.BOT_SPEAKING)
@@ -179,12 +188,36 @@ class DuplexController:
         if self.state is DuplexState.USER_TURN:
             self._set_state(DuplexState.LISTENING)
 
+    @property
+    def bot_active(self) -> bool:
+        """True while the bot speaks or is paused pending a verdict."""
+        return self.state in (DuplexState.BOT_SPEAKING, DuplexState.PAUSED)
+
+    def on_user_turn_ended(self, text: str) -> None:
+        """The gate finished the user's turn: free the floor and hand the text to the agent."""
+        self.events.emit("asr.final", text=text)
+        self.end_user_turn()
+        if self.on_user_turn is not None:
+            self.on_user_turn(text)
+
+    def is_echo_text(self, text: str) -> bool:
+        """True when ``text`` is mostly words the bot spoke in the last few seconds (its own echo)."""
+        from voicegate.gate.relevance import normalize
+
+        words = normalize(text).split()
+        if len(words) < 2:
+            return False
+        now = self.events.clock.now_ms()
+        recent = {w for t, said in self._recent_bot_text if now - t < 8000 for w in normalize(said).split()}
+        return sum(w in recent for w in words) / len(words) >= self.echo_similarity
+
     # -- playout listener -------------------------------------------------------------------------------------
 
     def on_utterance_started(self, utterance_id: str, at_samples: int) -> None:
         """Playout began an utterance (called from the track's ``recv``)."""
         entry = self._speech.get(utterance_id)
         text = entry[1].text if entry else ""
+        self._recent_bot_text.append((self.events.clock.now_ms(), text))
         self.events.emit("bot.speaking", utterance_id=utterance_id, text=text)
 
     def on_utterance_finished(self, report: UtteranceReport, at_samples: int) -> None:

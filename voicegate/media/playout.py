@@ -6,6 +6,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +69,8 @@ class PlayoutTrack(MediaStreamTrack):
         self.sample_rate = self.options.sample_rate
         self.frame_samples = self.sample_rate * self.options.frame_ms // 1000
         self.listener = listener
+        self.frame_sink: Callable[[np.ndarray], None] | None = None
+        """Called with every frame sent (the echo guard's reference)."""
         self._fade_samples = max(1, int(self.sample_rate * self.options.fade_ms / 1000))
         self._queue: deque[_Utterance] = deque()
         self._generation = 0
@@ -208,6 +211,8 @@ class PlayoutTrack(MediaStreamTrack):
         self._history[start:start + first] = pcm[:first]
         self._history[:n - first] = pcm[first:]
         self._emitted_samples += n
+        if self.frame_sink is not None:
+            self.frame_sink(pcm)
         return pcm
 
     def _report(self, utt: _Utterance, interrupted: bool) -> UtteranceReport:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import uuid
@@ -19,12 +21,23 @@ from voicegate.agent.demo import DemoAssistant
 from voicegate.config import Options
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
+from voicegate.gate.driver import GateModels, LiveGateDriver, default_asr
+from voicegate.gate.reflex import ReflexGate
+from voicegate.gate.relevance import load_judge
 from voicegate.media.inbound import InboundAudio, PcmChunk
 from voicegate.media.playout import PlayoutTrack
 from voicegate.tasks import TaskOwner
 from voicegate.tts.espeak import EspeakTts
 
 log = logging.getLogger(__name__)
+
+
+
+@functools.cache
+def _shared_models() -> tuple[object, object]:
+    """The relevance judge and the ASR engine: loaded once per process, shared by every call."""
+    return load_judge(), default_asr()
+
 
 ChunkSink = Callable[[PcmChunk], Awaitable[None]]
 
@@ -46,6 +59,9 @@ class Session:
         self.controller = DuplexController(self.playout, self.tts, self.events)
         self.runner = ReplyRunner(self.controller, self.tasks)
         self.agent = DemoAssistant(self.runner, self.events)
+        self.controller.echo_similarity = options.gate.echo_similarity
+        self.controller.on_user_turn = self.agent.user_turn
+        self.driver: LiveGateDriver | None = None
         self.inbound: InboundAudio | None = None
         self.inbound_sum_squares = 0.0
         self.extra_sinks: list[ChunkSink] = []
@@ -61,9 +77,25 @@ class Session:
     async def accept(self, offer_sdp: str) -> RTCSessionDescription:
         """Apply the caller's offer and return the complete answer (ICE candidates included)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await self._start_gate()
         self.pc.addTrack(self.playout)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
+
+    async def _start_gate(self) -> None:
+        """Load the call's detectors off the loop; a failure degrades the call to 'no barge-in', never kills it."""
+        loop = asyncio.get_running_loop()
+        try:
+            models = await loop.run_in_executor(None, GateModels, self.options.gate, self.playout.sample_rate)
+            judge, asr = await loop.run_in_executor(None, _shared_models)
+        except Exception as exc:
+            log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
+            self.events.emit("error", stage="gate", message=str(exc))
+            return
+        gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
+        self.driver = LiveGateDriver(models, gate, asr, self.tasks, self.clock.now_ms)
+        if models.echo is not None:
+            self.playout.frame_sink = models.echo.add_outbound
 
     # -- peer connection events -------------------------------------------------------------------------------
 
@@ -110,6 +142,13 @@ class Session:
     async def _consume(self, inbound: InboundAudio) -> None:
         async for chunk in inbound:
             self.inbound_sum_squares += float(np.sum(np.square(chunk.pcm.astype(np.float64))))
+            if self.driver is not None:
+                try:
+                    await self.driver.process(chunk.pcm)
+                except Exception:
+                    log.exception("call=%s gate failed on a chunk; barge-in off for this call", self.call_id)
+                    self.driver.close()
+                    self.driver = None
             for sink in self.extra_sinks:
                 await sink(chunk)
 
@@ -133,6 +172,8 @@ class Session:
         self.playout.stop()
         await self.pc.close()
         await self.tasks.aclose()
+        if self.driver is not None:
+            self.driver.close()
         if self._on_closed is not None:
             self._on_closed(self)
         log.info("call=%s closed", self.call_id)

@@ -1,0 +1,1 @@
+"""Speech recognition: keyword spotting (PocketSphinx) and transcripts (Whisper, Vosk) behind one interface."""

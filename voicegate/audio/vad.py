@@ -1,0 +1,147 @@
+"""Silero VAD on onnxruntime (one intra-op thread, per-call state) with hysteresis and a noise-floor gate."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
+
+WINDOW_SAMPLES = 512
+"""Silero's window at 16 kHz: 32 ms."""
+WINDOW_MS = 1000.0 * WINDOW_SAMPLES / PIPELINE_SAMPLE_RATE
+_CONTEXT_SAMPLES = 64
+
+
+def silero_model_path() -> Path:
+    """The ONNX model shipped in the ``silero-vad`` wheel (located without importing torch)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("silero-vad is not installed: `pip install silero-vad` (or `make install`)")
+    path = Path(spec.origin).parent / "data" / "silero_vad.onnx"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing from the silero-vad wheel: reinstall silero-vad")
+    return path
+
+
+@functools.cache
+def _session() -> object:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class SileroVad:
+    """Speech probability of each 512-sample window; the model is shared, the recurrent state is per call."""
+
+    def __init__(self) -> None:
+        self._session = _session()
+        self._sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the recurrent state (a new call)."""
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros((1, _CONTEXT_SAMPLES), dtype=np.float32)
+
+    def __call__(self, window: np.ndarray) -> float:
+        """Probability that ``window`` (512 samples, s16 or float in [-1, 1]) is speech."""
+        x = window.astype(np.float32).reshape(1, -1)
+        if window.dtype == np.int16:
+            x /= 32768.0
+        x = np.concatenate([self._context, x], axis=1)
+        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})  # type: ignore[attr-defined]
+        self._context = x[:, -_CONTEXT_SAMPLES:]
+        return float(out[0][0])
+
+
+@dataclass(frozen=True)
+class VadWindow:
+    """The verdict on one 32 ms window."""
+
+    end_samples: int
+    """Stream position just after the window."""
+    prob: float
+    level_dbfs: float
+    floor_dbfs: float
+    voiced: bool
+    """Above the onset threshold and the noise-floor gate (and not echo)."""
+    event: str | None = None
+    """``"start"`` or ``"end"`` when speech begins or ends with this window."""
+    segment_start_samples: int = 0
+    """Where the current (or just ended) speech segment started."""
+
+
+class VadDetector:
+    """Turns window probabilities into speech onset/offset with hysteresis.
+
+    A window is voiced when Silero's probability is at least ``vad_onset_threshold`` *and* its level is
+    ``noise_floor_margin_db`` above the noise floor (the 10th percentile of the last 3 s of window levels), so a
+    steady tap, fan or hum never counts. Speech ends after ``vad_hangover_ms`` of windows under
+    ``vad_offset_threshold`` (or under the floor gate).
+    """
+
+    def __init__(self, options: GateOptions, vad: SileroVad | None = None) -> None:
+        self.options = options
+        self.vad = vad or SileroVad()
+        self.speaking = False
+        self._levels: deque[float] = deque(maxlen=int(3000 / WINDOW_MS))
+        self._run = 0
+        self._silence_ms = 0.0
+        self._segment_start = 0
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._position = 0
+
+    def feed(self, pcm: np.ndarray, echo: np.ndarray | None = None) -> list[VadWindow]:
+        """Consume any number of samples; returns one :class:`VadWindow` per complete window.
+
+        ``echo``, if given, is called per window (see :meth:`step`) — use :meth:`step` directly for that.
+        """
+        self._pending = np.concatenate([self._pending, pcm.astype(np.int16, copy=False)])
+        out = []
+        while len(self._pending) >= WINDOW_SAMPLES:
+            window, self._pending = self._pending[:WINDOW_SAMPLES], self._pending[WINDOW_SAMPLES:]
+            out.append(self.step(window))
+        return out
+
+    def step(self, window: np.ndarray, is_echo: bool = False, hangover_ms: float | None = None) -> VadWindow:
+        """Classify one 512-sample window (``is_echo``: the echo guard says it is the bot's own voice)."""
+        prob = self.vad(window)
+        level = _dbfs(window)
+        self._levels.append(level)
+        floor = float(np.percentile(self._levels, 10)) if len(self._levels) >= 8 else -90.0
+        loud = level >= max(self.options.min_speech_dbfs, floor + self.options.noise_floor_margin_db)
+        voiced = prob >= self.options.vad_onset_threshold and loud and not is_echo
+        start = self._position
+        self._position += len(window)
+        event = None
+        if not self.speaking:
+            self._run = self._run + 1 if voiced else 0
+            if self._run >= self.options.vad_onset_windows:
+                self.speaking = True
+                self._silence_ms = 0.0
+                self._segment_start = start - (self._run - 1) * WINDOW_SAMPLES
+                event = "start"
+        else:
+            keeps = prob >= self.options.vad_offset_threshold and loud and not is_echo
+            self._silence_ms = 0.0 if keeps else self._silence_ms + WINDOW_MS
+            limit = self.options.vad_hangover_ms if hangover_ms is None else hangover_ms
+            if self._silence_ms >= limit:
+                self.speaking = False
+                self._run = 0
+                event = "end"
+        return VadWindow(self._position, prob, level, floor, voiced, event, self._segment_start)
+
+
+def _dbfs(window: np.ndarray) -> float:
+    x = window.astype(np.float32) / 32768.0
+    return 10.0 * float(np.log10(float(np.mean(x * x)) + 1e-12))

@@ -1,0 +1,1 @@
+"""Barge-in simulation: the real gate, controller and playout track on a simulated media clock."""

@@ -1,0 +1,162 @@
+"""One barge-in scenario: the bot speaks, a clip is mixed into the microphone, the real pipeline decides.
+
+Everything runs frame by frame at 20 ms, faster than real time, on a simulated clock; each decision is stamped at
+the media time its audio was complete plus the compute time it really took.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from av import AudioFrame, AudioResampler
+
+from voicegate.asr.base import UtteranceAsr
+from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions, PlayoutOptions
+from voicegate.events import EventBus, SimClock
+from voicegate.gate.controller import DuplexController
+from voicegate.gate.driver import GateModels, OfflineGateDriver
+from voicegate.gate.reflex import ReflexGate
+from voicegate.gate.relevance import RelevanceJudge
+from voicegate.media.playout import PlayoutTrack
+from voicegate.tts.base import Speech
+
+FRAME_MS = 20
+MIC_FRAME = PIPELINE_SAMPLE_RATE * FRAME_MS // 1000
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The bot's own voice leaking back into the microphone."""
+
+    delay_ms: float = 120.0
+    gain_db: float = -12.0
+    lowpass_hz: float = 3400.0
+
+
+@dataclass
+class Outcome:
+    """What happened in one run."""
+
+    onset_ms: float
+    pause_ms: float | None = None
+    stop_ms: float | None = None
+    resume_ms: float | None = None
+    sound_end_ms: float = 0.0
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    bot_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    mic: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    paused_at_sample: int | None = None
+    resumed_at_sample: int | None = None
+    user_turns: list[str] = field(default_factory=list)
+
+    @property
+    def stopped(self) -> bool:
+        """The bot was hard-stopped."""
+        return self.stop_ms is not None
+
+
+class _NullTts:
+    sample_rate = 24_000
+
+    async def synthesize(self, text: str) -> Speech:
+        raise RuntimeError("the scenario queues pre-synthesized speech")
+
+
+def onset_ms(clip: np.ndarray, threshold_dbfs: float = -40.0) -> float:
+    """First 10 ms block of ``clip`` (16 kHz) louder than ``threshold_dbfs`` (relative to the clip's peak)."""
+    block = PIPELINE_SAMPLE_RATE // 100
+    x = clip.astype(np.float32) / 32768.0
+    n = len(x) // block
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(x[: n * block].reshape(n, block) ** 2, axis=1) + 1e-12)
+    level = 20 * np.log10(rms / max(rms.max(), 1e-6))
+    loud = np.flatnonzero(level > threshold_dbfs + 10)
+    return float(loud[0] * 10) if loud.size else 0.0
+
+
+def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
+    spec = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(len(x), 1 / PIPELINE_SAMPLE_RATE)
+    spec[freqs > cutoff_hz] = 0
+    return np.fft.irfft(spec, len(x))
+
+
+def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
+                 options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
+                 noise: np.ndarray | None = None, tail_s: float = 2.5) -> Outcome:
+    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in."""
+    options = options or GateOptions()
+    clock = SimClock()
+    events = EventBus(clock, "bench", backlog=4096)
+    playout = PlayoutTrack(PlayoutOptions())
+    controller = DuplexController(playout, _NullTts(), events)  # type: ignore[arg-type]
+    controller.echo_similarity = options.echo_similarity
+    user_turns: list[str] = []
+    controller.on_user_turn = user_turns.append
+    models = GateModels(options, playout.sample_rate, echo_guard=True)
+    gate = ReflexGate(options, controller, judge, lambda *a: None)
+    driver = OfflineGateDriver(models, gate, asr)
+    controller.queue_speech(bot, "r1")
+
+    user = clip.astype(np.float32) * (10 ** (gain_db / 20))
+    start = int(at_s * PIPELINE_SAMPLE_RATE)
+    total = start + len(user) + int(tail_s * PIPELINE_SAMPLE_RATE)
+    mic = np.zeros(total, dtype=np.float32)
+    mic[start:start + len(user)] += user
+    if noise is not None and len(noise):
+        reps = int(np.ceil(total / len(noise)))
+        mic += np.tile(noise.astype(np.float32), reps)[:total]
+    outcome = Outcome(onset_ms=at_s * 1000 + onset_ms(clip))
+    outcome.sound_end_ms = (start + len(user)) * 1000 / PIPELINE_SAMPLE_RATE
+    resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
+    bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
+    out_frames = []
+    pos16 = 0
+    delay = int((echo.delay_ms if echo else 0) * PIPELINE_SAMPLE_RATE / 1000)
+    for k in range(total // MIC_FRAME):
+        t_ms = k * FRAME_MS
+        clock.t_ms = t_ms
+        driver.deliver(t_ms)
+        was_paused = playout.paused
+        frame = playout.next_frame()
+        out_frames.append(frame)
+        models.echo.add_outbound(frame) if models.echo is not None else None
+        af = AudioFrame.from_ndarray(frame.reshape(1, -1), format="s16", layout="mono")
+        af.sample_rate = playout.sample_rate
+        for f in resampler.resample(af):
+            part = f.to_ndarray().reshape(-1).astype(np.float32)
+            bot16[pos16:pos16 + len(part)] = part[: len(bot16) - pos16]
+            pos16 += len(part)
+        hi = (k + 1) * MIC_FRAME - delay
+        if echo is not None and hi - MIC_FRAME >= 0:
+            # The echo path: the bot's voice as sent, delayed, attenuated and low-passed.
+            hist = bot16[max(0, hi - 2048):hi]
+            seg = _lowpass(hist, echo.lowpass_hz)[-MIC_FRAME:] * (10 ** (echo.gain_db / 20))
+            mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] += seg.astype(np.float32)
+        pcm = np.clip(mic[k * MIC_FRAME:(k + 1) * MIC_FRAME], -32768, 32767).astype(np.int16)
+        mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] = pcm
+        clock.t_ms = (k + 1) * FRAME_MS
+        driver.feed(pcm, (k + 1) * FRAME_MS)
+        clock.t_ms = driver.now_ms
+        if playout.paused and not was_paused and outcome.pause_ms is None:
+            # The pause silences the first frame that starts after the decision.
+            outcome.pause_ms = float(np.ceil(driver.now_ms / FRAME_MS) * FRAME_MS)
+            outcome.paused_at_sample = playout.queued_samples
+    driver.deliver(float("inf"))
+    for event in events.history:
+        if event["type"] == "bot.stopped" and outcome.stop_ms is None:
+            outcome.stop_ms = event["t_ms"]
+        if event["type"] == "bot.resumed" and outcome.resume_ms is None:
+            outcome.resume_ms = event["t_ms"]
+    outcome.verdicts = gate.verdicts
+    outcome.events = events.history
+    outcome.bot_out = np.concatenate(out_frames)
+    outcome.mic = mic.astype(np.int16)
+    outcome.cpu_ms = driver.cpu_ms
+    outcome.user_turns = user_turns
+    return outcome

@@ -1,0 +1,188 @@
+"""The reflex gate: decision logic on media time. Models run in a driver; this class only decides.
+
+Policy (every threshold is in :class:`~voicegate.config.GateOptions`):
+
+1. VAD onset while the bot speaks → the controller pauses the bot at once (no ASR, classifier or LLM).
+2. While paused, the first of these decides:
+   - a stop phrase from the keyword spotter → ``interrupt``;
+   - a transcript (partial after ``partial_after_ms`` of speech, or final at the end of the sound) that the
+     relevance judge labels ``interrupt`` → ``interrupt``; one that matches what the bot just said → ``echo``;
+   - the sound ends after less than ``short_sound_ms`` of voiced audio → ``noise``;
+   - the final transcript is a backchannel / nothing → ``backchannel`` / ``noise``;
+   - the user is still talking after ``verdict_timeout_ms`` → ``interrupt`` (long speech takes the floor).
+3. ``interrupt`` stops the bot and gives the user the turn; anything else resumes from the paused sample.
+4. The user's turn ends after ``end_of_turn_ms`` of silence; its final transcript goes to the agent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from voicegate.asr.base import Transcript
+from voicegate.asr.kws import KeywordHit
+from voicegate.audio.vad import VadWindow
+from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
+from voicegate.gate.relevance import RelevanceJudge
+
+log = logging.getLogger(__name__)
+
+PARTIAL_AFTER_MS = 700.0
+PAUSED_HANGOVER_MS = 200.0
+KWS_GRACE_MS = 400.0
+
+
+class GateSink(Protocol):
+    """What the gate drives: the duplex controller."""
+
+    @property
+    def bot_active(self) -> bool:
+        """True while the bot speaks or is paused pending a verdict."""
+        ...
+
+    def on_speech_started(self, t_ms: float | None = None, **fields: object) -> None: ...
+
+    def on_speech_ended(self, t_ms: float | None = None, **fields: object) -> None: ...
+
+    def on_verdict(self, label: str, reasons: list[str], **fields: object) -> None: ...
+
+    def on_user_turn_ended(self, text: str) -> None: ...
+
+    def is_echo_text(self, text: str) -> bool: ...
+
+
+TranscriptRequest = Callable[[int, int, int, bool], None]
+"""``request(segment_id, start_samples, end_samples, final)``: the driver transcribes and calls back."""
+
+
+@dataclass
+class _Segment:
+    segment_id: int
+    start_samples: int
+    onset_ms: float
+    contested: bool
+    """Started while the bot was speaking: a verdict is owed."""
+    voiced_ms: float = 0.0
+    ended_ms: float | None = None
+    end_samples: int | None = None
+    partial_requested: bool = False
+    decided: bool = False
+    texts: list[str] = field(default_factory=list)
+
+
+class ReflexGate:
+    """Fuses VAD, keyword hits and transcripts into verdicts; one per call, driven on the event loop."""
+
+    def __init__(self, options: GateOptions, sink: GateSink, judge: RelevanceJudge,
+                 request_transcript: TranscriptRequest) -> None:
+        self.options = options
+        self.sink = sink
+        self.judge = judge
+        self.request_transcript = request_transcript
+        self.segment: _Segment | None = None
+        self._ids = itertools.count(1)
+        self.verdicts: list[dict[str, object]] = []
+
+    @property
+    def hangover_ms(self) -> float:
+        """Silence that ends the current segment: short while a verdict is owed, long in the user's turn."""
+        seg = self.segment
+        if seg is not None and seg.contested and not seg.decided:
+            return PAUSED_HANGOVER_MS
+        return self.options.end_of_turn_ms if seg is not None else self.options.vad_hangover_ms
+
+    def on_window(self, w: VadWindow, t_ms: float) -> None:
+        """One VAD window has been classified; ``t_ms`` is the media time at which its result is known."""
+        if w.event == "start":
+            self._start(w, t_ms)
+        seg = self.segment
+        if seg is None or seg.ended_ms is not None:
+            return
+        if w.voiced:
+            seg.voiced_ms += 1000.0 * 512 / PIPELINE_SAMPLE_RATE
+        if w.event == "end":
+            self._end(seg, w, t_ms)
+            return
+        if seg.contested and not seg.decided:
+            elapsed = t_ms - seg.onset_ms
+            if elapsed >= PARTIAL_AFTER_MS and not seg.partial_requested:
+                seg.partial_requested = True
+                self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, False)
+            if elapsed >= self.options.verdict_timeout_ms:
+                self._decide(seg, "interrupt", ["long_speech"], t_ms)
+
+    def on_keyword(self, hit: KeywordHit, t_ms: float) -> None:
+        """The spotter heard a stop phrase."""
+        seg = self.segment
+        if seg is None or not seg.contested or seg.decided:
+            return
+        if seg.ended_ms is not None and t_ms - seg.ended_ms > KWS_GRACE_MS:
+            return
+        self._decide(seg, "interrupt", [f"stop_phrase:{hit.phrase}"], t_ms)
+
+    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float) -> None:
+        """A transcript requested for ``segment_id`` is ready."""
+        seg = self.segment
+        if seg is None or seg.segment_id != segment_id:
+            return
+        seg.texts.append(transcript.text)
+        if not seg.contested or seg.decided:
+            if transcript.final:
+                self._finish_turn(seg, transcript.text)
+            return
+        judged = self.judge.classify(transcript.text)
+        fields = {"transcript": transcript.text, "relevance": judged.label,
+                  "relevance_confidence": round(judged.confidence, 3), "asr_ms": round(transcript.compute_ms, 1)}
+        if judged.label == "interrupt" and self.sink.is_echo_text(transcript.text):
+            self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, **fields)
+        elif judged.label == "interrupt":
+            self._decide(seg, "interrupt", [f"relevance:{judged.source}"], t_ms, have_final=transcript.final,
+                         **fields)
+            if transcript.final:
+                self._finish_turn(seg, transcript.text)
+        elif transcript.final:
+            label = "backchannel" if judged.label == "backchannel" else "noise"
+            self._decide(seg, label, [f"relevance:{judged.label}"], t_ms, **fields)
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _start(self, w: VadWindow, t_ms: float) -> None:
+        prev = self.segment
+        if prev is not None and prev.contested and not prev.decided:
+            # More sound while a verdict is owed: one episode, judged on all of it.
+            prev.ended_ms = None
+            prev.end_samples = None
+            return
+        contested = self.sink.bot_active
+        self.segment = _Segment(next(self._ids), max(0, w.segment_start_samples - 3200), t_ms, contested)
+        self.sink.on_speech_started(t_ms, segment_id=self.segment.segment_id, contested=contested)
+
+    def _end(self, seg: _Segment, w: VadWindow, t_ms: float) -> None:
+        seg.ended_ms = t_ms
+        seg.end_samples = w.end_samples
+        self.sink.on_speech_ended(t_ms, segment_id=seg.segment_id, voiced_ms=round(seg.voiced_ms))
+        if seg.contested and not seg.decided and seg.voiced_ms < self.options.short_sound_ms:
+            self._decide(seg, "noise", ["short_sound"], t_ms)
+            return
+        self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, True)
+
+    def _decide(self, seg: _Segment, label: str, reasons: list[str], t_ms: float, have_final: bool = False,
+                **fields: object) -> None:
+        seg.decided = True
+        verdict = {"label": label, "reasons": reasons, "ms_since_onset": round(t_ms - seg.onset_ms, 1), **fields}
+        self.verdicts.append({"t_ms": t_ms, **verdict})
+        self.sink.on_verdict(label, reasons, ms_since_onset=verdict["ms_since_onset"], **fields)
+        if label != "interrupt":
+            self.segment = None
+        elif seg.ended_ms is not None and seg.end_samples is not None and not have_final:
+            self.request_transcript(seg.segment_id, seg.start_samples, seg.end_samples, True)
+
+    def _finish_turn(self, seg: _Segment, text: str) -> None:
+        if seg.ended_ms is None:
+            return
+        self.segment = None
+        if self.judge.classify(text).label != "ignore" or seg.contested:
+            self.sink.on_user_turn_ended(text)
