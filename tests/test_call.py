@@ -80,3 +80,57 @@ async def test_two_calls_are_independent(server: TestServer) -> None:
     finally:
         await b.close()
     await _wait_for(lambda: not server.app[SESSIONS])
+
+
+async def _call_with_clip(server: TestServer, clip16k: np.ndarray) -> Caller:
+    from voicegate.audio.pcm import resample
+
+    caller = Caller(base_url(server), ClipTrack())
+    await caller.connect()
+    await caller.wait_event("bot.speaking")
+    await asyncio.sleep(1.0)
+    # A caller at a normal speaking level: peak at -6 dBFS.
+    peak = max(1, int(np.abs(clip16k.astype(np.int32)).max()))
+    level = (clip16k.astype(np.float32) * (16_000 / peak)).astype(np.int16)
+    caller.mic.schedule(resample(level, 16_000, 48_000), 0.0)
+    return caller
+
+
+async def test_real_call_pause_then_stop_on_spoken_stop(server: TestServer, shared_data) -> None:  # type: ignore[no-untyped-def]
+    clip = load_audio(sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))[0], 16_000)
+    caller = await _call_with_clip(server, clip)
+    try:
+        paused = await caller.wait_event("bot.paused", timeout=10)
+        stopped = await caller.wait_event("bot.stopped", timeout=10)
+        at_stop = len(caller.bot_frames)
+        assert stopped["t_ms"] >= paused["t_ms"]
+        verdict = await caller.wait_event("gate.verdict")
+        assert verdict["label"] == "interrupt"
+        reply = await caller.wait_event("agent.reply", timeout=15)
+        at_reply = len(caller.bot_frames)
+        assert reply["text"].startswith("Okay, I stopped")
+        # Between the stop and the short acknowledgement, nothing of the monologue plays (5 frames in flight).
+        quiet = caller.bot_frames[at_stop + 5:at_reply]
+        assert len(quiet) >= 5
+        assert float(np.sqrt(np.mean(np.concatenate(quiet).astype(np.float64) ** 2))) < 50
+    finally:
+        await caller.close()
+    await _wait_for(lambda: not server.app[SESSIONS])
+
+
+async def test_real_call_pause_then_resume_on_backchannel(server: TestServer, shared_data) -> None:  # type: ignore[no-untyped-def]
+    clip = load_audio(sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))[0], 16_000)
+    caller = await _call_with_clip(server, clip)
+    try:
+        await caller.wait_event("bot.paused", timeout=10)
+        try:
+            resumed = await caller.wait_event("bot.resumed", timeout=10)
+        except TimeoutError:
+            raise AssertionError([e for e in caller.events if e["type"] in ("gate.verdict", "asr.final")]) from None
+        assert not any(e["type"] == "bot.stopped" for e in caller.events)
+        await asyncio.sleep(0.8)
+        assert caller.bot_rms(last_frames=25) > 200, "the bot talks again"
+        assert resumed["t_ms"] > 0
+    finally:
+        await caller.close()
+    await _wait_for(lambda: not server.app[SESSIONS])

@@ -70,6 +70,7 @@ class Session:
         self._on_closed = on_closed
         self._started = False
         self.closed = False
+        self._closing: asyncio.Future[None] | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -162,18 +163,25 @@ class Session:
 
     async def close(self) -> None:
         """Close the peer connection and release every task, track and listener (idempotent)."""
-        if self.closed:
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
             return
         self.closed = True
-        self.events.emit("session.ended", call_id=self.call_id)
-        self.agent.cancel()
-        for hole in self._blackholes:
-            await hole.stop()
-        self.playout.stop()
-        await self.pc.close()
-        await self.tasks.aclose()
-        if self.driver is not None:
-            self.driver.close()
-        if self._on_closed is not None:
-            self._on_closed(self)
-        log.info("call=%s closed", self.call_id)
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            self.events.emit("session.ended", call_id=self.call_id)
+            self.agent.cancel()
+            for hole in self._blackholes:
+                await hole.stop()
+            self.playout.stop()
+            await self.pc.close()
+            await self.tasks.aclose()
+        except Exception:
+            log.exception("call=%s error while closing", self.call_id)
+        finally:
+            if self.driver is not None:
+                self.driver.close()
+            if self._on_closed is not None:
+                self._on_closed(self)
+            self._closing.set_result(None)
+            log.info("call=%s closed", self.call_id)
