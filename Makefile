@@ -46,6 +46,7 @@ run-demo: install
 
 test: install
 	$(VENV)/bin/ruff check voicegate tests
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: install

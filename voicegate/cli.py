@@ -61,6 +61,16 @@ def _train_relevance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from voicegate.bench.run import run_bench
+
+    logging.getLogger("voicegate").setLevel(logging.WARNING)
+
+    report = run_bench(args.quick, args.out)
+    print((args.out / "report.md").read_text())
+    return 0 if report else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands: serve, classify, train-relevance, bench)."""
     parser = argparse.ArgumentParser(prog="voicegate", description=__doc__)
@@ -84,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train on ICSI MRDA (verify its licence first; the shipped model does not)")
     train.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
     train.set_defaults(func=_train_relevance)
+
+    bench = sub.add_parser("bench", help="barge-in benchmark on the built-in scenario corpus")
+    bench.add_argument("--quick", action="store_true", help="a representative subset (about a minute)")
+    bench.add_argument("--out", type=Path, default=Path("bench-out"))
+    bench.set_defaults(func=_bench)
     return parser
 
 

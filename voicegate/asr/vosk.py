@@ -69,6 +69,6 @@ class VoskAsr:
 
     def _final(self, result: dict[str, object], t0: float) -> Transcript:
         self._last_partial = ""
-        words = result.get("result") or []
-        conf = float(np.mean([w["conf"] for w in words])) if words else 0.0  # type: ignore[index,union-attr]
+        words: list[dict[str, float]] = result.get("result") or []  # type: ignore[assignment]
+        conf = float(np.mean([w["conf"] for w in words])) if words else 0.0
         return Transcript(str(result.get("text", "")), conf, True, (time.perf_counter() - t0) * 1000)

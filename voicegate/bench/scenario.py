@@ -94,7 +94,7 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     clock = SimClock()
     events = EventBus(clock, "bench", backlog=4096)
     playout = PlayoutTrack(PlayoutOptions())
-    controller = DuplexController(playout, _NullTts(), events)  # type: ignore[arg-type]
+    controller = DuplexController(playout, _NullTts(), events)
     controller.echo_similarity = options.echo_similarity
     user_turns: list[str] = []
     controller.on_user_turn = user_turns.append

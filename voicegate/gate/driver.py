@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,7 +102,7 @@ class LiveGateDriver:
     """Feeds a call's inbound chunks through the models (in the call's own thread) and the gate (on the loop)."""
 
     def __init__(self, models: GateModels, gate: ReflexGate, asr: UtteranceAsr, tasks: TaskOwner,
-                 now_ms: callable) -> None:  # type: ignore[valid-type]
+                 now_ms: Callable[[], float]) -> None:
         self.models = models
         self.gate = gate
         self.asr = asr

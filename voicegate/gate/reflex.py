@@ -134,18 +134,18 @@ class ReflexGate:
                 self._finish_turn(seg, transcript.text)
             return
         judged = self.judge.classify(transcript.text)
-        fields = {"transcript": transcript.text, "relevance": judged.label,
+        fields: dict[str, object] = {"transcript": transcript.text, "relevance": judged.label,
                   "relevance_confidence": round(judged.confidence, 3), "asr_ms": round(transcript.compute_ms, 1)}
         if judged.label == "interrupt" and self.sink.is_echo_text(transcript.text):
-            self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, **fields)
+            self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
         elif judged.label == "interrupt":
             self._decide(seg, "interrupt", [f"relevance:{judged.source}"], t_ms, have_final=transcript.final,
-                         **fields)
+                         fields=fields)
             if transcript.final:
                 self._finish_turn(seg, transcript.text)
         elif transcript.final:
             label = "backchannel" if judged.label == "backchannel" else "noise"
-            self._decide(seg, label, [f"relevance:{judged.label}"], t_ms, **fields)
+            self._decide(seg, label, [f"relevance:{judged.label}"], t_ms, fields=fields)
 
     # -- internals --------------------------------------------------------------------------------------------
 
@@ -170,7 +170,8 @@ class ReflexGate:
         self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, True)
 
     def _decide(self, seg: _Segment, label: str, reasons: list[str], t_ms: float, have_final: bool = False,
-                **fields: object) -> None:
+                fields: dict[str, object] | None = None) -> None:
+        fields = fields or {}
         seg.decided = True
         verdict = {"label": label, "reasons": reasons, "ms_since_onset": round(t_ms - seg.onset_ms, 1), **fields}
         self.verdicts.append({"t_ms": t_ms, **verdict})

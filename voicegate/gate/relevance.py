@@ -144,7 +144,7 @@ class FastTextJudge:
             return Relevance("interrupt", 1.0, "lexicon")
         labels, probs = self.model.predict(norm, k=1)
         label = labels[0].removeprefix("__label__")
-        return Relevance(label, float(min(1.0, probs[0])), "model")  # type: ignore[arg-type]
+        return Relevance(label, float(min(1.0, probs[0])), "model")
 
 
 def load_judge(model_path: Path = DEFAULT_MODEL) -> RelevanceJudge:

@@ -206,7 +206,7 @@ def evaluate(model: object, pairs: list[tuple[str, str]]) -> dict[str, object]:
     judge = FastTextJudge.__new__(FastTextJudge)
     judge.model = model
     judge.stop = {normalize(p) for p in STOP_PHRASES}
-    confusion = {t: dict.fromkeys(LABELS, 0) for t in LABELS}
+    confusion: dict[str, dict[str, int]] = {t: dict.fromkeys(LABELS, 0) for t in LABELS}
     for label, text in pairs:
         confusion[label][judge.classify(text).label] += 1
     per_class = {}

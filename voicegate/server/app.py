@@ -56,7 +56,10 @@ async def offer(request: web.Request) -> web.Response:
         return _error(exc.status, str(exc))
     options = request.app[OPTIONS]
     sessions = request.app[SESSIONS]
-    session = Session(options, on_closed=lambda s: sessions.pop(s.call_id, None))
+    def forget(closed: Session) -> None:
+        sessions.pop(closed.call_id, None)
+
+    session = Session(options, on_closed=forget)
     sessions[session.call_id] = session
     for hook in request.app[SESSION_HOOK]:
         hook(session)

@@ -18,12 +18,13 @@ from aiortc.rtcdatachannel import RTCDataChannel
 
 from voicegate.agent.base import ReplyRunner
 from voicegate.agent.demo import DemoAssistant
+from voicegate.asr.base import UtteranceAsr
 from voicegate.config import Options
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import GateModels, LiveGateDriver, default_asr
 from voicegate.gate.reflex import ReflexGate
-from voicegate.gate.relevance import load_judge
+from voicegate.gate.relevance import RelevanceJudge, load_judge
 from voicegate.media.inbound import InboundAudio, PcmChunk
 from voicegate.media.playout import PlayoutTrack
 from voicegate.tasks import TaskOwner
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _shared_models() -> tuple[object, object]:
+def _shared_models() -> tuple[RelevanceJudge, UtteranceAsr]:
     """The relevance judge and the ASR engine: loaded once per process, shared by every call."""
     return load_judge(), default_asr()
 

@@ -55,6 +55,6 @@ def parse_offer(body: bytes) -> Offer:
     if not any(m.kind == "audio" for m in description.media):
         raise OfferError("offer has no audio m-line: voicegate needs the caller's microphone")
     for media in description.media:
-        if media.kind == "audio" and (media.ice.usernameFragment is None or media.dtls is None):
+        if media.kind == "audio" and (media.ice is None or media.ice.usernameFragment is None or media.dtls is None):
             raise OfferError("SDP does not parse: audio m-line lacks ICE credentials or DTLS fingerprint")
     return Offer(sdp=sdp)
