@@ -60,8 +60,8 @@ class GateOptions:
     """Absolute floor: quieter windows never count as speech."""
     verdict_timeout_ms: float = 1500.0
     """Unclear for this long while the user keeps talking → interrupt (long speech takes the floor)."""
-    short_sound_ms: float = 250.0
-    """Sound shorter than this with no words is noise → resume."""
+    short_sound_ms: float = 120.0
+    """Less voiced audio than this (a click, a knock) is noise → resume at once, without a transcript."""
     end_of_turn_ms: float = 600.0
     """Silence that ends the user's turn after a stop."""
     stop_phrases: tuple[str, ...] = (

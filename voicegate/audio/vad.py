@@ -116,7 +116,7 @@ class VadDetector:
     def step(self, window: np.ndarray, is_echo: bool = False, hangover_ms: float | None = None) -> VadWindow:
         """Classify one 512-sample window (``is_echo``: the echo guard says it is the bot's own voice)."""
         prob = self.vad(window)
-        level = _dbfs(window)
+        level = dbfs_window(window)
         self._levels.append(level)
         floor = float(np.percentile(self._levels, 10)) if len(self._levels) >= 8 else -90.0
         loud = level >= max(self.options.min_speech_dbfs, floor + self.options.noise_floor_margin_db)
@@ -142,6 +142,7 @@ class VadDetector:
         return VadWindow(self._position, prob, level, floor, voiced, event, self._segment_start)
 
 
-def _dbfs(window: np.ndarray) -> float:
+def dbfs_window(window: np.ndarray) -> float:
+    """Mean power of an s16 window in dBFS."""
     x = window.astype(np.float32) / 32768.0
     return 10.0 * float(np.log10(float(np.mean(x * x)) + 1e-12))

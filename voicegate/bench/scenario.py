@@ -66,6 +66,30 @@ class _NullTts:
         raise RuntimeError("the scenario queues pre-synthesized speech")
 
 
+def speech_onset_ms(clip: np.ndarray) -> float | None:
+    """Start of the first 32 ms window in which Silero hears speech in the clean clip (None: no speech)."""
+    from voicegate.audio.vad import WINDOW_MS, WINDOW_SAMPLES, SileroVad
+
+    vad = SileroVad()
+    for i in range(len(clip) // WINDOW_SAMPLES):
+        if vad(clip[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]) >= 0.5:
+            return i * WINDOW_MS
+    return None
+
+
+def speech_offset_ms(clip: np.ndarray) -> float:
+    """End of the last window of the clean clip louder than 30 dB under its peak (where the sound ends)."""
+    block = PIPELINE_SAMPLE_RATE // 100
+    x = clip.astype(np.float32) / 32768.0
+    n = len(x) // block
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(x[: n * block].reshape(n, block) ** 2, axis=1) + 1e-12)
+    level = 20 * np.log10(rms / max(rms.max(), 1e-6))
+    loud = np.flatnonzero(level > -30)
+    return float((loud[-1] + 1) * 10) if loud.size else 0.0
+
+
 def onset_ms(clip: np.ndarray, threshold_dbfs: float = -40.0) -> float:
     """First 10 ms block of ``clip`` (16 kHz) louder than ``threshold_dbfs`` (relative to the clip's peak)."""
     block = PIPELINE_SAMPLE_RATE // 100
@@ -111,8 +135,9 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     if noise is not None and len(noise):
         reps = int(np.ceil(total / len(noise)))
         mic += np.tile(noise.astype(np.float32), reps)[:total]
-    outcome = Outcome(onset_ms=at_s * 1000 + onset_ms(clip))
-    outcome.sound_end_ms = (start + len(user)) * 1000 / PIPELINE_SAMPLE_RATE
+    speech_at = speech_onset_ms(clip)
+    outcome = Outcome(onset_ms=at_s * 1000 + (speech_at if speech_at is not None else onset_ms(clip)))
+    outcome.sound_end_ms = at_s * 1000 + speech_offset_ms(clip)
     resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
     bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
     out_frames = []

@@ -193,9 +193,12 @@ class DuplexController:
         """True while the bot speaks or is paused pending a verdict."""
         return self.state in (DuplexState.BOT_SPEAKING, DuplexState.PAUSED)
 
+    def on_transcript(self, text: str, final: bool) -> None:
+        """A transcript of the user's sound (partial while they speak, final at its end)."""
+        self.events.emit("asr.final" if final else "asr.partial", text=text)
+
     def on_user_turn_ended(self, text: str) -> None:
         """The gate finished the user's turn: free the floor and hand the text to the agent."""
-        self.events.emit("asr.final", text=text)
         self.end_user_turn()
         if self.on_user_turn is not None:
             self.on_user_turn(text)

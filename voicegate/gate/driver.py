@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,13 +22,15 @@ import numpy as np
 from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.audio.echo import EchoGuard
-from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow
+from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow, dbfs_window
 from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
 from voicegate.gate.reflex import ReflexGate
 from voicegate.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 RING_SECS = 20
+ECHO_HOLD_WINDOWS = 10
+ECHO_LEVEL_MARGIN_DB = 3.0
 
 
 @dataclass
@@ -53,7 +56,7 @@ class GateModels:
         self._pending = np.zeros(0, dtype=np.int16)
         self._ring = np.zeros(PIPELINE_SAMPLE_RATE * RING_SECS, dtype=np.int16)
         self.position = 0
-        self._recent_echo: list[float] = [0.0, 0.0, 0.0]
+        self._echo_windows: deque[tuple[float, float]] = deque(maxlen=ECHO_HOLD_WINDOWS)
 
     def step(self, pcm: np.ndarray, hangover_ms: float) -> StepResult:
         """Run VAD (per 512-sample window), the echo guard and the keyword spotter over ``pcm``."""
@@ -70,13 +73,26 @@ class GateModels:
             score = self.echo.score(window) if self.echo is not None else 0.0
             t3 = time.perf_counter()
             result.echo_ms += (t3 - t2) * 1000
-            # Correlation dips for a window or two inside echoed words; hold the echo flag over 4 windows (128 ms).
-            self._recent_echo = [*self._recent_echo[1:], score]
-            is_echo = max(score, *self._recent_echo) >= self.options.echo_correlation
+            is_echo = self._is_echo(window, score)
             result.windows.append(self.vad.step(window, is_echo, hangover_ms))
             result.echo_scores.append(score)
             result.vad_ms += (time.perf_counter() - t3) * 1000
         return result
+
+    def _is_echo(self, window: np.ndarray, score: float) -> bool:
+        """Correlated with what the bot just said, or no louder than the echo heard in the last ~300 ms.
+
+        Correlation dips inside quiet stretches of echoed speech (sentence tails, codec noise); those windows are
+        still echo when they are no louder than the correlated echo just before them. A user talking over the
+        echo is louder than it, so they still count.
+        """
+        level = dbfs_window(window)
+        threshold = self.options.echo_correlation
+        recent = [lvl for s, lvl in self._echo_windows if s >= threshold]
+        self._echo_windows.append((score, level))
+        if score >= threshold:
+            return True
+        return bool(recent) and level <= max(recent) + ECHO_LEVEL_MARGIN_DB
 
     def _remember(self, pcm: np.ndarray) -> None:
         n = len(pcm)
@@ -127,14 +143,14 @@ class LiveGateDriver:
 
     def _request(self, segment_id: int, start: int, end: int, final: bool) -> None:
         audio = self.models.audio(start, end)
-        self.tasks.spawn(self._transcribe(segment_id, audio, final), f"asr-{segment_id}")
+        self.tasks.spawn(self._transcribe(segment_id, audio, final, end), f"asr-{segment_id}")
 
-    async def _transcribe(self, segment_id: int, audio: np.ndarray, final: bool) -> None:
+    async def _transcribe(self, segment_id: int, audio: np.ndarray, final: bool, end: int) -> None:
         loop = asyncio.get_running_loop()
         transcript = await loop.run_in_executor(_ASR_POOL, self.asr.transcribe, audio)
         self.cpu_ms["asr"] += transcript.compute_ms
         transcript = Transcript(transcript.text, transcript.confidence, final, transcript.compute_ms)
-        self.gate.on_transcript(segment_id, transcript, self.now_ms())
+        self.gate.on_transcript(segment_id, transcript, self.now_ms(), end)
 
     def close(self) -> None:
         """Release the call's thread."""
@@ -152,7 +168,7 @@ class OfflineGateDriver:
         self.models = models
         self.gate = gate
         self.asr = asr
-        self._due: list[tuple[float, int, Transcript]] = []
+        self._due: list[tuple[float, int, Transcript, int]] = []
         self.now_ms = 0.0
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
         gate.request_transcript = self._request
@@ -173,15 +189,15 @@ class OfflineGateDriver:
         """Hand over every transcript ready by ``until_ms``."""
         self._due.sort(key=lambda item: item[0])
         while self._due and self._due[0][0] <= until_ms:
-            ready_ms, segment_id, transcript = self._due.pop(0)
-            self.gate.on_transcript(segment_id, transcript, ready_ms)
+            ready_ms, segment_id, transcript, end = self._due.pop(0)
+            self.gate.on_transcript(segment_id, transcript, ready_ms, end)
 
     def _request(self, segment_id: int, start: int, end: int, final: bool) -> None:
         transcript = self.asr.transcribe(self.models.audio(start, end))
         self.cpu_ms["asr"] += transcript.compute_ms
         ready = self.now_ms + transcript.compute_ms
         self._due.append((ready, segment_id, Transcript(transcript.text, transcript.confidence, final,
-                                                        transcript.compute_ms)))
+                                                        transcript.compute_ms), end))
 
 
 @functools.cache

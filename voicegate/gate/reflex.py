@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 PARTIAL_AFTER_MS = 700.0
 PAUSED_HANGOVER_MS = 200.0
 KWS_GRACE_MS = 400.0
+SPECULATE_AFTER_WINDOWS = 2
+"""Silent windows (64 ms) after which the transcript that will probably be final is requested early."""
+EPISODE_JOIN_MS = 1000.0
+"""A contested sound starting this soon after the previous one is transcribed together with it ("wait … a second")."""
 
 
 class GateSink(Protocol):
@@ -51,11 +55,14 @@ class GateSink(Protocol):
 
     def on_user_turn_ended(self, text: str) -> None: ...
 
+    def on_transcript(self, text: str, final: bool) -> None: ...
+
     def is_echo_text(self, text: str) -> bool: ...
 
 
 TranscriptRequest = Callable[[int, int, int, bool], None]
-"""``request(segment_id, start_samples, end_samples, final)``: the driver transcribes and calls back."""
+"""``request(segment_id, start_samples, end_samples, final)``: the driver transcribes and calls back
+``on_transcript(segment_id, transcript, t_ms, end_samples)``."""
 
 
 @dataclass
@@ -69,6 +76,12 @@ class _Segment:
     ended_ms: float | None = None
     end_samples: int | None = None
     partial_requested: bool = False
+    speculative_end: int | None = None
+    """End of the transcript requested at the first silent window (used as the final if nothing follows)."""
+    speculative: Transcript | None = None
+    silent_windows: int = 0
+    prob_sum: float = 0.0
+    windows: int = 0
     decided: bool = False
     texts: list[str] = field(default_factory=list)
 
@@ -83,6 +96,7 @@ class ReflexGate:
         self.judge = judge
         self.request_transcript = request_transcript
         self.segment: _Segment | None = None
+        self._last_contested: tuple[int, float] | None = None
         self._ids = itertools.count(1)
         self.verdicts: list[dict[str, object]] = []
 
@@ -101,12 +115,22 @@ class ReflexGate:
         seg = self.segment
         if seg is None or seg.ended_ms is not None:
             return
+        seg.prob_sum += w.prob
+        seg.windows += 1
         if w.voiced:
             seg.voiced_ms += 1000.0 * 512 / PIPELINE_SAMPLE_RATE
+            seg.speculative_end = None
+            seg.speculative = None
         if w.event == "end":
             self._end(seg, w, t_ms)
             return
+        seg.silent_windows = 0 if w.voiced else seg.silent_windows + 1
         if seg.contested and not seg.decided:
+            if seg.silent_windows == SPECULATE_AFTER_WINDOWS and seg.speculative_end is None \
+                    and seg.voiced_ms >= self.options.short_sound_ms:
+                # Silence begins: transcribe now, so the verdict is ready when the hangover confirms the end.
+                seg.speculative_end = w.end_samples
+                self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, False)
             elapsed = t_ms - seg.onset_ms
             if elapsed >= PARTIAL_AFTER_MS and not seg.partial_requested:
                 seg.partial_requested = True
@@ -123,18 +147,30 @@ class ReflexGate:
             return
         self._decide(seg, "interrupt", [f"stop_phrase:{hit.phrase}"], t_ms)
 
-    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float) -> None:
-        """A transcript requested for ``segment_id`` is ready."""
+    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
+        """A transcript of ``segment_id`` up to ``end_samples`` is ready.
+
+        It counts as final only if the segment has ended and nothing was voiced after ``end_samples``; otherwise
+        it is a partial, which can only ever decide ``interrupt`` (the bot never resumes over a talking user).
+        """
         seg = self.segment
         if seg is None or seg.segment_id != segment_id:
             return
+        if seg.speculative_end is not None and end_samples == seg.speculative_end:
+            seg.speculative = transcript
+        final = seg.ended_ms is not None and end_samples == seg.end_samples
+        self._judge(seg, Transcript(transcript.text, transcript.confidence, final, transcript.compute_ms), t_ms)
+
+    def _judge(self, seg: _Segment, transcript: Transcript, t_ms: float) -> None:
         seg.texts.append(transcript.text)
+        self.sink.on_transcript(transcript.text, transcript.final)
         if not seg.contested or seg.decided:
             if transcript.final:
                 self._finish_turn(seg, transcript.text)
             return
         judged = self.judge.classify(transcript.text)
-        fields: dict[str, object] = {"transcript": transcript.text, "relevance": judged.label,
+        fields: dict[str, object] = {"transcript": transcript.text, "asr_confidence": round(transcript.confidence, 3),
+                                     "relevance": judged.label,
                   "relevance_confidence": round(judged.confidence, 3), "asr_ms": round(transcript.compute_ms, 1)}
         if judged.label == "interrupt" and self.sink.is_echo_text(transcript.text):
             self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
@@ -157,7 +193,10 @@ class ReflexGate:
             prev.end_samples = None
             return
         contested = self.sink.bot_active
-        self.segment = _Segment(next(self._ids), max(0, w.segment_start_samples - 3200), t_ms, contested)
+        start = max(0, w.segment_start_samples - 3200)
+        if contested and self._last_contested is not None and t_ms - self._last_contested[1] < EPISODE_JOIN_MS:
+            start = min(start, self._last_contested[0])
+        self.segment = _Segment(next(self._ids), start, t_ms, contested)
         self.sink.on_speech_started(t_ms, segment_id=self.segment.segment_id, contested=contested)
 
     def _end(self, seg: _Segment, w: VadWindow, t_ms: float) -> None:
@@ -167,12 +206,20 @@ class ReflexGate:
         if seg.contested and not seg.decided and seg.voiced_ms < self.options.short_sound_ms:
             self._decide(seg, "noise", ["short_sound"], t_ms)
             return
+        if seg.speculative_end is not None:
+            seg.end_samples = seg.speculative_end
+            if seg.speculative is not None:
+                self._judge(seg, Transcript(seg.speculative.text, seg.speculative.confidence, True,
+                                            seg.speculative.compute_ms), t_ms)
+            return  # the speculative transcript, when it arrives, is the final one
         self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, True)
 
     def _decide(self, seg: _Segment, label: str, reasons: list[str], t_ms: float, have_final: bool = False,
                 fields: dict[str, object] | None = None) -> None:
         fields = fields or {}
         seg.decided = True
+        if seg.contested:
+            self._last_contested = (seg.start_samples, seg.ended_ms if seg.ended_ms is not None else t_ms)
         verdict = {"label": label, "reasons": reasons, "ms_since_onset": round(t_ms - seg.onset_ms, 1), **fields}
         self.verdicts.append({"t_ms": t_ms, **verdict})
         self.sink.on_verdict(label, reasons, ms_since_onset=verdict["ms_since_onset"], **fields)
