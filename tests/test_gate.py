@@ -93,7 +93,8 @@ def test_bot_echo_does_not_stop_the_bot(bot, models) -> None:  # type: ignore[no
 
 
 @pytest.mark.xfail(strict=False, reason="double talk: Whisper tiny.en misreads a short word over the bot's echo "
-                   "('stop' → 'This map'); it passes when the keyword spotter fires. Needs echo subtraction before ASR.")
+                   "('stop' → 'This map'); it passes when the keyword spotter fires. "
+                   "Needs echo subtraction before ASR.")
 def test_user_speaking_over_echo_still_stops_the_bot(bot, models, shared_data) -> None:  # type: ignore[no-untyped-def]
     stops = sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))
     o = _run(bot, models, gain(_clip(stops[0]), 6), echo=Echo(delay_ms=120, gain_db=-14))

@@ -66,9 +66,16 @@ def _bench(args: argparse.Namespace) -> int:
 
     logging.getLogger("voicegate").setLevel(logging.WARNING)
 
-    report = run_bench(args.quick, args.out)
+    from voicegate.bench.corpus import ManifestError
+
+    policies = tuple(p for item in args.policies for p in item.split(",") if p)
+    try:
+        run_bench(args.quick, args.out, args.corpus, policies)
+    except (ManifestError, ValueError) as exc:
+        print(f"voicegate bench: {exc}", file=sys.stderr)
+        return 2
     print((args.out / "report.md").read_text())
-    return 0 if report else 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train_relevance)
 
     bench = sub.add_parser("bench", help="barge-in benchmark on the built-in scenario corpus")
-    bench.add_argument("--quick", action="store_true", help="a representative subset (about a minute)")
+    bench.add_argument("--quick", action="store_true", help="a stratified subset of the built-in corpus")
+    bench.add_argument("--corpus", type=Path, default=None, help="a JSON Lines scenario manifest")
     bench.add_argument("--out", type=Path, default=Path("bench-out"))
+    bench.add_argument("--policies", nargs="+", default=["voicegate,vad_only,min_duration,min_words"],
+                       help="policies to run (space or comma separated)")
     bench.set_defaults(func=_bench)
     return parser
 
@@ -109,4 +119,5 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     return int(args.func(args))

@@ -62,6 +62,10 @@ class GateOptions:
     """Unclear for this long while the user keeps talking → interrupt (long speech takes the floor)."""
     short_sound_ms: float = 120.0
     """Less voiced audio than this (a click, a knock) is noise → resume at once, without a transcript."""
+    min_asr_confidence: float = 0.3
+    """A transcript less certain than this, of less than ``uncertain_sound_ms`` of voice, is noise (a sneeze that
+    Whisper hears as "Come!") unless it is a stop phrase."""
+    uncertain_sound_ms: float = 500.0
     end_of_turn_ms: float = 600.0
     """Silence that ends the user's turn after a stop."""
     stop_phrases: tuple[str, ...] = (

@@ -17,7 +17,6 @@ from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions, PlayoutOptions
 from voicegate.events import EventBus, SimClock
 from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import GateModels, OfflineGateDriver
-from voicegate.gate.reflex import ReflexGate
 from voicegate.gate.relevance import RelevanceJudge
 from voicegate.media.playout import PlayoutTrack
 from voicegate.tts.base import Speech
@@ -37,25 +36,33 @@ class Echo:
 
 @dataclass
 class Outcome:
-    """What happened in one run."""
+    """What happened in one run (all times in media ms from the bot's start)."""
 
     onset_ms: float
+    sound_end_ms: float = 0.0
     pause_ms: float | None = None
+    """First silent frame caused by a pause (None: never paused)."""
+    silence_ms: float | None = None
+    """First silent frame after the onset caused by a pause or a stop."""
     stop_ms: float | None = None
     resume_ms: float | None = None
-    sound_end_ms: float = 0.0
+    verdict_ms: float | None = None
+    remaining_at_stop_s: float = 0.0
+    """What the bot still had to say when it was stopped."""
+    bot_after_onset_s: float = 0.0
+    """Bot audio sent after the onset."""
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     bot_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     mic: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    vad_trace: list[tuple[float, float, bool]] = field(default_factory=list)
     cpu_ms: dict[str, float] = field(default_factory=dict)
     paused_at_sample: int | None = None
-    resumed_at_sample: int | None = None
     user_turns: list[str] = field(default_factory=list)
 
     @property
     def stopped(self) -> bool:
-        """The bot was hard-stopped."""
+        """The bot was hard-stopped after the onset."""
         return self.stop_ms is not None
 
 
@@ -112,8 +119,10 @@ def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
 
 def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
                  options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
-                 noise: np.ndarray | None = None, tail_s: float = 2.5) -> Outcome:
-    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in."""
+                 noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate") -> Outcome:
+    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``."""
+    from voicegate.bench.policies import gate_factory
+
     options = options or GateOptions()
     clock = SimClock()
     events = EventBus(clock, "bench", backlog=4096)
@@ -123,7 +132,7 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     user_turns: list[str] = []
     controller.on_user_turn = user_turns.append
     models = GateModels(options, playout.sample_rate, echo_guard=True)
-    gate = ReflexGate(options, controller, judge, lambda *a: None)
+    gate = gate_factory(policy)(options, controller, judge)
     driver = OfflineGateDriver(models, gate, asr)
     controller.queue_speech(bot, "r1")
 
@@ -135,9 +144,10 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     if noise is not None and len(noise):
         reps = int(np.ceil(total / len(noise)))
         mic += np.tile(noise.astype(np.float32), reps)[:total]
-    speech_at = speech_onset_ms(clip)
+    speech_at = speech_onset_ms(clip) if clip.any() else None
     outcome = Outcome(onset_ms=at_s * 1000 + (speech_at if speech_at is not None else onset_ms(clip)))
-    outcome.sound_end_ms = at_s * 1000 + speech_offset_ms(clip)
+    outcome.sound_end_ms = at_s * 1000 + (speech_offset_ms(clip) if clip.any() else 0.0)
+    earliest = at_s * 1000  # anything decided once the clip has begun is the clip's doing
     resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
     bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
     out_frames = []
@@ -165,19 +175,34 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
             mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] += seg.astype(np.float32)
         pcm = np.clip(mic[k * MIC_FRAME:(k + 1) * MIC_FRAME], -32768, 32767).astype(np.int16)
         mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] = pcm
+        queued = playout.queued_samples
+        generation = playout.generation
         clock.t_ms = (k + 1) * FRAME_MS
         driver.feed(pcm, (k + 1) * FRAME_MS)
         clock.t_ms = driver.now_ms
-        if playout.paused and not was_paused and outcome.pause_ms is None:
-            # The pause silences the first frame that starts after the decision.
-            outcome.pause_ms = float(np.ceil(driver.now_ms / FRAME_MS) * FRAME_MS)
+        # A decision silences the first frame that starts after it.
+        effective = float(np.ceil(driver.now_ms / FRAME_MS) * FRAME_MS)
+        if playout.paused and not was_paused and outcome.pause_ms is None and driver.now_ms >= earliest:
+            outcome.pause_ms = effective
             outcome.paused_at_sample = playout.queued_samples
+        if playout.generation != generation and driver.now_ms >= earliest and outcome.stop_ms is None:
+            outcome.stop_ms = driver.now_ms
+            outcome.remaining_at_stop_s = queued / playout.sample_rate
+        if outcome.silence_ms is None and driver.now_ms >= earliest and (
+                (playout.paused and not was_paused) or playout.generation != generation):
+            outcome.silence_ms = effective
     driver.deliver(float("inf"))
     for event in events.history:
-        if event["type"] == "bot.stopped" and outcome.stop_ms is None:
-            outcome.stop_ms = event["t_ms"]
+        if event["t_ms"] < earliest:
+            continue
         if event["type"] == "bot.resumed" and outcome.resume_ms is None:
             outcome.resume_ms = event["t_ms"]
+        if event["type"] == "gate.verdict" and outcome.verdict_ms is None:
+            outcome.verdict_ms = event["t_ms"]
+    bot_frames = np.concatenate(out_frames).reshape(-1, playout.frame_samples)
+    first = int(np.ceil(outcome.onset_ms / FRAME_MS))
+    outcome.bot_after_onset_s = float(np.count_nonzero(bot_frames[first:].any(axis=1)) * FRAME_MS / 1000)
+    outcome.vad_trace = driver.trace
     outcome.verdicts = gate.verdicts
     outcome.events = events.history
     outcome.bot_out = np.concatenate(out_frames)

@@ -24,7 +24,7 @@ from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.audio.echo import EchoGuard
 from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow, dbfs_window
 from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
-from voicegate.gate.reflex import ReflexGate
+from voicegate.gate.reflex import Gate
 from voicegate.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ _ASR_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pre
 class LiveGateDriver:
     """Feeds a call's inbound chunks through the models (in the call's own thread) and the gate (on the loop)."""
 
-    def __init__(self, models: GateModels, gate: ReflexGate, asr: UtteranceAsr, tasks: TaskOwner,
+    def __init__(self, models: GateModels, gate: Gate, asr: UtteranceAsr, tasks: TaskOwner,
                  now_ms: Callable[[], float]) -> None:
         self.models = models
         self.gate = gate
@@ -164,13 +164,15 @@ class OfflineGateDriver:
     requested. Results that are due are delivered before each new chunk.
     """
 
-    def __init__(self, models: GateModels, gate: ReflexGate, asr: UtteranceAsr) -> None:
+    def __init__(self, models: GateModels, gate: Gate, asr: UtteranceAsr) -> None:
         self.models = models
         self.gate = gate
         self.asr = asr
         self._due: list[tuple[float, int, Transcript, int]] = []
         self.now_ms = 0.0
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
+        self.trace: list[tuple[float, float, bool]] = []
+        """(media ms at the window's end, VAD probability, voiced) per window."""
         gate.request_transcript = self._request
 
     def feed(self, pcm: np.ndarray, chunk_end_ms: float) -> None:
@@ -183,6 +185,7 @@ class OfflineGateDriver:
         for hit in result.hits:
             self.gate.on_keyword(hit, self.now_ms)
         for window in result.windows:
+            self.trace.append((window.end_samples / 16.0, window.prob, window.voiced))
             self.gate.on_window(window, self.now_ms)
 
     def deliver(self, until_ms: float) -> None:

@@ -65,6 +65,22 @@ TranscriptRequest = Callable[[int, int, int, bool], None]
 ``on_transcript(segment_id, transcript, t_ms, end_samples)``."""
 
 
+class Gate(Protocol):
+    """What a driver feeds: the reflex gate, or a peer-policy emulation in the benchmark."""
+
+    request_transcript: TranscriptRequest
+    verdicts: list[dict[str, object]]
+
+    @property
+    def hangover_ms(self) -> float: ...
+
+    def on_window(self, w: VadWindow, t_ms: float) -> None: ...
+
+    def on_keyword(self, hit: KeywordHit, t_ms: float) -> None: ...
+
+    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None: ...
+
+
 @dataclass
 class _Segment:
     segment_id: int
@@ -172,7 +188,12 @@ class ReflexGate:
         fields: dict[str, object] = {"transcript": transcript.text, "asr_confidence": round(transcript.confidence, 3),
                                      "relevance": judged.label,
                   "relevance_confidence": round(judged.confidence, 3), "asr_ms": round(transcript.compute_ms, 1)}
-        if judged.label == "interrupt" and self.sink.is_echo_text(transcript.text):
+        doubtful = (judged.source == "model" and transcript.confidence < self.options.min_asr_confidence
+                    and seg.voiced_ms < self.options.uncertain_sound_ms)
+        if judged.label == "interrupt" and doubtful:
+            if transcript.final:
+                self._decide(seg, "noise", ["asr_doubtful"], t_ms, fields=fields)
+        elif judged.label == "interrupt" and self.sink.is_echo_text(transcript.text):
             self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
         elif judged.label == "interrupt":
             self._decide(seg, "interrupt", [f"relevance:{judged.source}"], t_ms, have_final=transcript.final,

@@ -1,0 +1,136 @@
+"""Peer-style barge-in policies, emulated on the same components (VAD, ASR, controller, playout).
+
+These are emulations of the peers' *defaults* as documented in ``../shared/notes/peers.md``, not their code:
+
+- ``vad_only`` — Pipecat: stop once the VAD has seen ≥ 0.2 s of speech at confidence ≥ 0.7; no pause, no resume.
+- ``min_duration`` — LiveKit Agents: pause after 0.5 s of speech; any transcript commits the stop; no transcript
+  2.0 s after the pause → resume.
+- ``min_words`` — word-count gates (vocode-style): stop once the transcript has ≥ 2 words; no pause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from voicegate.asr.base import Transcript
+from voicegate.asr.kws import KeywordHit
+from voicegate.audio.vad import WINDOW_MS, VadWindow
+from voicegate.config import GateOptions
+from voicegate.gate.reflex import GateSink, ReflexGate, TranscriptRequest
+from voicegate.gate.relevance import RelevanceJudge
+
+POLICIES = ("voicegate", "vad_only", "min_duration", "min_words")
+
+
+class _Baseline:
+    """Shared plumbing: the gate interface the drivers expect."""
+
+    hangover_ms = 320.0
+
+    def __init__(self, sink: GateSink) -> None:
+        self.sink = sink
+        self.request_transcript: TranscriptRequest = lambda *args: None
+        self.verdicts: list[dict[str, Any]] = []
+        self._decided = False
+
+    def _verdict(self, label: str, reason: str, t_ms: float) -> None:
+        self._decided = True
+        self.verdicts.append({"t_ms": t_ms, "label": label, "reasons": [reason]})
+        self.sink.on_verdict(label, [reason])
+
+    def on_keyword(self, hit: KeywordHit, t_ms: float) -> None:
+        """Peers have no stop-phrase spotter."""
+
+    def on_window(self, w: VadWindow, t_ms: float) -> None:
+        raise NotImplementedError
+
+    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
+        """Ignored unless the policy overrides it."""
+
+
+class VadOnlyGate(_Baseline):
+    """Pipecat's defaults: ``start_secs=0.2``, ``confidence=0.7``, then cancel and flush."""
+
+    def __init__(self, sink: GateSink) -> None:
+        super().__init__(sink)
+        self._run_ms = 0.0
+
+    def on_window(self, w: VadWindow, t_ms: float) -> None:
+        """Count consecutive confident windows while the bot talks."""
+        self._run_ms = self._run_ms + WINDOW_MS if w.prob >= 0.7 else 0.0
+        if self._run_ms >= 200.0 and self.sink.bot_active and not self._decided:
+            self._verdict("interrupt", "vad_0.2s", t_ms)
+
+
+class MinDurationGate(_Baseline):
+    """LiveKit's defaults: ``min_interruption_duration=0.5``, ``false_interruption_timeout=2.0``."""
+
+    def __init__(self, sink: GateSink) -> None:
+        super().__init__(sink)
+        self._speech_ms = 0.0
+        self._paused_at: float | None = None
+        self._segment = 0
+
+    def on_window(self, w: VadWindow, t_ms: float) -> None:
+        """Pause after 0.5 s of speech; resume 2 s later if no transcript has committed the stop."""
+        if w.event == "start":
+            self._segment += 1
+        if w.voiced:
+            self._speech_ms += WINDOW_MS
+        if self._paused_at is None and self._speech_ms >= 500.0 and self.sink.bot_active and not self._decided:
+            self._paused_at = t_ms
+            self.sink.on_speech_started(t_ms)
+            self.request_transcript(self._segment, max(0, w.end_samples - 16_000), w.end_samples, False)
+        if w.event == "end" and self._paused_at is not None and not self._decided:
+            self.request_transcript(self._segment, max(0, w.end_samples - 32_000), w.end_samples, True)
+        if self._paused_at is not None and not self._decided and t_ms - self._paused_at >= 2000.0:
+            self._verdict("noise", "no_transcript_2s", t_ms)
+
+    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
+        """Any transcript commits the stop."""
+        if self._paused_at is not None and not self._decided and transcript.text.strip():
+            self._verdict("interrupt", "transcript", t_ms)
+
+
+class MinWordsGate(_Baseline):
+    """Stop once the transcript of the user's sound has at least two words; transcribed every 0.5 s."""
+
+    def __init__(self, sink: GateSink) -> None:
+        super().__init__(sink)
+        self._start: int | None = None
+        self._last_request_ms = 0.0
+        self._segment = 0
+
+    def on_window(self, w: VadWindow, t_ms: float) -> None:
+        """Transcribe the running segment every 0.5 s and at its end."""
+        if w.event == "start":
+            self._segment += 1
+            self._start = max(0, w.segment_start_samples - 3200)
+            self._last_request_ms = t_ms
+        if self._start is None or self._decided or not self.sink.bot_active:
+            return
+        if w.event == "end" or t_ms - self._last_request_ms >= 500.0:
+            self._last_request_ms = t_ms
+            self.request_transcript(self._segment, self._start, w.end_samples, w.event == "end")
+        if w.event == "end":
+            self._start = None
+
+    def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
+        """Two words or more: stop."""
+        if not self._decided and len(transcript.text.split()) >= 2 and self.sink.bot_active:
+            self._verdict("interrupt", "min_words_2", t_ms)
+
+
+GateFactory = Callable[[GateOptions, GateSink, RelevanceJudge], Any]
+
+
+def gate_factory(policy: str) -> GateFactory:
+    """The gate class behind a policy name."""
+    if policy == "voicegate":
+        return lambda options, sink, judge: ReflexGate(options, sink, judge, lambda *args: None)
+    classes = {"vad_only": VadOnlyGate, "min_duration": MinDurationGate, "min_words": MinWordsGate}
+    if policy not in classes:
+        raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
+    cls = classes[policy]
+    return lambda options, sink, judge: cls(sink)
