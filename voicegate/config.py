@@ -87,8 +87,12 @@ class AgentOptions:
     system_prompt: str = (
         "You are a helpful voice assistant. Answer in one to three short spoken sentences, no markdown."
     )
-    greeting: str = "Hi! I'm the voicegate demo. Interrupt me any time."
+    greeting: str = "Hi! How can I help?"
     first_token_timeout_secs: float = 8.0
+    tts: str = "espeak"
+    """``espeak`` (embedded) or ``openai`` (``audio.speech`` on the same endpoint, espeak-ng as fallback)."""
+    tts_model: str = "gpt-4o-mini-tts"
+    tts_voice: str = "alloy"
 
     @property
     def llm_configured(self) -> bool:
@@ -136,8 +140,9 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
     ``VOICEGATE_GATE_<FIELD>`` overrides any :class:`GateOptions` field (e.g. ``VOICEGATE_GATE_VAD_HANGOVER_MS``),
     likewise ``VOICEGATE_PLAYOUT_<FIELD>`` and ``VOICEGATE_SERVER_<FIELD>``. The LLM uses the standard
     ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
-    ``VOICEGATE_GREETING``; ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory; ``VOICEGATE_ICE_SERVERS``
-    is a comma-separated list of STUN/TURN URLs.
+    ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``openai``, with
+    ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
+    ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs.
     """
     env = dict(os.environ if env is None else env)
     opts = Options()
@@ -150,6 +155,11 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
         model=env.get("VOICEGATE_LLM_MODEL", AgentOptions.model),
         system_prompt=env.get("VOICEGATE_SYSTEM_PROMPT", AgentOptions.system_prompt),
         greeting=env.get("VOICEGATE_GREETING", AgentOptions.greeting),
+        first_token_timeout_secs=float(env.get("VOICEGATE_LLM_TIMEOUT_SECS",
+                                               AgentOptions.first_token_timeout_secs)),
+        tts=env.get("VOICEGATE_TTS", AgentOptions.tts),
+        tts_model=env.get("VOICEGATE_TTS_MODEL", AgentOptions.tts_model),
+        tts_voice=env.get("VOICEGATE_TTS_VOICE", AgentOptions.tts_voice),
     )
     vosk = env.get("VOICEGATE_VOSK_MODEL")
     return Options(

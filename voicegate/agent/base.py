@@ -23,6 +23,9 @@ class Agent(Protocol):
     def cancel(self) -> None:
         """The user took the floor: cancel the reply in flight at once."""
 
+    async def aclose(self) -> None:
+        """Release what the agent holds (HTTP clients)."""
+
 
 class ReplyRunner:
     """Runs one reply at a time as a named task; a new reply or a stop cancels the previous one."""
@@ -36,11 +39,16 @@ class ReplyRunner:
         controller.on_stop = self.cancel
         controller.on_reply_heard = self._record
 
-    def say(self, sentences: Iterable[str] | AsyncIterable[str]) -> asyncio.Task[bool]:
-        """Speak ``sentences`` as a new reply (cancelling the one in flight)."""
+    def say(self, sentences: Iterable[str] | AsyncIterable[str],
+            requested_ms: float | None = None) -> asyncio.Task[bool]:
+        """Speak ``sentences`` as a new reply (cancelling the one in flight).
+
+        ``requested_ms`` (media time the user's turn ended) makes the first ``bot.speaking`` event of the reply
+        carry ``since_user_turn_ms``.
+        """
         self.cancel()
         reply_id = f"r{next(self._ids)}"
-        task = self.tasks.spawn(self.controller.speak(sentences, reply_id), f"reply-{reply_id}")
+        task = self.tasks.spawn(self.controller.speak(sentences, reply_id, requested_ms), f"reply-{reply_id}")
         self._current = task
         return task
 

@@ -61,3 +61,6 @@ class DemoAssistant:
     def cancel(self) -> None:
         """Cancel the reply in flight."""
         self.runner.cancel()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

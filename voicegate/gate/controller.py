@@ -66,6 +66,7 @@ class DuplexController:
         self.on_user_turn: Callable[[str], None] | None = None
         self.echo_similarity = 0.6
         self._recent_bot_text: deque[tuple[float, str]] = deque(maxlen=16)
+        self._requested: dict[str, float] = {}
         self._speech: dict[str, tuple[str, Speech]] = {}
         self._heard: dict[str, HeardText] = {}
         self._ids = itertools.count(1)
@@ -75,13 +76,17 @@ class DuplexController:
 
     # -- the agent's side -------------------------------------------------------------------------------------
 
-    async def speak(self, sentences: Iterable[str] | AsyncIterable[str], reply_id: str) -> bool:
+    async def speak(self, sentences: Iterable[str] | AsyncIterable[str], reply_id: str,
+                    requested_ms: float | None = None) -> bool:
         """Synthesize and queue ``sentences`` one by one, keeping at most ``lookahead_ms`` queued.
 
-        Returns False as soon as a stop (a :meth:`PlayoutTrack.clear`) makes this reply stale.
+        Returns False as soon as a stop (a :meth:`PlayoutTrack.clear`) makes this reply stale. A sentence the TTS
+        cannot synthesize is reported as an ``error`` event and skipped; the reply goes on.
         """
         generation = self.playout.generation
         self._heard[reply_id] = HeardText(reply_id, [])
+        if requested_ms is not None:
+            self._requested[reply_id] = requested_ms
         if isinstance(sentences, AsyncIterable):
             async for sentence in sentences:
                 if not await self._speak_one(sentence, reply_id, generation):
@@ -100,7 +105,14 @@ class DuplexController:
     async def _speak_one(self, sentence: str, reply_id: str, generation: int) -> bool:
         if not sentence.strip():
             return self.playout.generation == generation
-        speech = await self.tts.synthesize(sentence)
+        try:
+            speech = await self.tts.synthesize(sentence)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("call=%s TTS failed: %s", self.events.call_id, exc)
+            self.events.emit("error", stage="tts", cause=type(exc).__name__, message=str(exc))
+            return self.playout.generation == generation
         while (self.playout.generation == generation
                and self.playout.queued_samples * 1000 / self.playout.sample_rate > self.lookahead_ms):
             await self._wait_space()
@@ -220,8 +232,13 @@ class DuplexController:
         """Playout began an utterance (called from the track's ``recv``)."""
         entry = self._speech.get(utterance_id)
         text = entry[1].text if entry else ""
-        self._recent_bot_text.append((self.events.clock.now_ms(), text))
-        self.events.emit("bot.speaking", utterance_id=utterance_id, text=text)
+        now = self.events.clock.now_ms()
+        self._recent_bot_text.append((now, text))
+        fields: dict[str, Any] = {}
+        requested = self._requested.pop(entry[0], None) if entry else None
+        if requested is not None:
+            fields["since_user_turn_ms"] = round(now - requested, 1)
+        self.events.emit("bot.speaking", utterance_id=utterance_id, text=text, **fields)
 
     def on_utterance_finished(self, report: UtteranceReport, at_samples: int) -> None:
         """Playout finished or dropped an utterance: record what was heard."""

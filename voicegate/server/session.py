@@ -16,8 +16,9 @@ from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from voicegate.agent.base import ReplyRunner
+from voicegate.agent.base import Agent, ReplyRunner
 from voicegate.agent.demo import DemoAssistant
+from voicegate.agent.llm import LlmAgent
 from voicegate.asr.base import UtteranceAsr
 from voicegate.config import Options
 from voicegate.events import EventBus, MediaClock
@@ -28,7 +29,9 @@ from voicegate.gate.relevance import RelevanceJudge, load_judge
 from voicegate.media.inbound import InboundAudio, PcmChunk
 from voicegate.media.playout import PlayoutTrack
 from voicegate.tasks import TaskOwner
+from voicegate.tts.base import Tts
 from voicegate.tts.espeak import EspeakTts
+from voicegate.tts.openai_tts import FallbackTts, OpenAiTts
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,12 @@ class Session:
         ice = [RTCIceServer(urls=url) for url in options.server.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.playout = PlayoutTrack(options.playout)
-        self.tts = EspeakTts(sample_rate=options.playout.sample_rate)
+        self._clients: list[Any] = []
+        self.tts = self._make_tts(options)
         self.controller = DuplexController(self.playout, self.tts, self.events)
         self.runner = ReplyRunner(self.controller, self.tasks)
-        self.agent = DemoAssistant(self.runner, self.events)
+        self.agent: Agent = (LlmAgent(self.runner, self.events, options.agent) if options.agent.llm_configured
+                             else DemoAssistant(self.runner, self.events))
         self.controller.echo_similarity = options.gate.echo_similarity
         self.controller.on_user_turn = self.agent.user_turn
         self.driver: LiveGateDriver | None = None
@@ -75,6 +80,23 @@ class Session:
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
+
+    def _make_tts(self, options: Options) -> Tts:
+        espeak = EspeakTts(sample_rate=options.playout.sample_rate)
+        if options.agent.tts != "openai" or not options.agent.llm_configured:
+            return espeak
+        import openai
+
+        client = openai.AsyncOpenAI(api_key=options.agent.api_key or "not-needed", base_url=options.agent.base_url,
+                                    max_retries=0, timeout=15.0)
+        self._clients.append(client)
+        primary = OpenAiTts(client, options.agent.tts_model, options.agent.tts_voice, options.playout.sample_rate)
+
+        def report(exc: Exception) -> None:
+            self.events.emit("error", stage="tts", cause=type(exc).__name__,
+                             message=f"OpenAI TTS failed, using espeak-ng: {exc}")
+
+        return FallbackTts(primary, espeak, report)
 
     async def accept(self, offer_sdp: str) -> RTCSessionDescription:
         """Apply the caller's offer and return the complete answer (ICE candidates included)."""
@@ -177,6 +199,9 @@ class Session:
             self.playout.stop()
             await self.pc.close()
             await self.tasks.aclose()
+            await self.agent.aclose()
+            for client in self._clients:
+                await client.close()
         except Exception:
             log.exception("call=%s error while closing", self.call_id)
         finally:
