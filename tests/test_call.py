@@ -10,8 +10,8 @@ import numpy as np
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_url
-from tests.rtc_client import Caller, ClipTrack
 from voicegate.audio.pcm import load_audio
+from voicegate.client import Caller, ClipTrack
 from voicegate.server.app import SESSIONS
 
 

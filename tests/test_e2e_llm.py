@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_url
 from tests.fake_llm import FakeLlm
-from tests.rtc_client import Caller, ClipTrack
 from voicegate.audio.pcm import load_audio, resample
+from voicegate.client import Caller, ClipTrack
 from voicegate.config import AgentOptions, Options
 from voicegate.server.app import SESSIONS, create_app
 from voicegate.tts.espeak import EspeakTts

@@ -12,6 +12,8 @@ from voicegate.config import options_from_env
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
     from aiohttp import web
 
     from voicegate.server.app import create_app
@@ -20,6 +22,16 @@ def _serve(args: argparse.Namespace) -> int:
     server = replace(options.server, host=args.host, port=args.port)
     if args.ice_server:
         server = replace(server, ice_servers=tuple(args.ice_server))
+    if args.max_sessions is not None:
+        server = replace(server, max_sessions=args.max_sessions)
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not server.token and not args.insecure:
+        print(f"voicegate: refusing to serve on {args.host} without a token: set VOICEGATE_TOKEN "
+              "(clients send Authorization: Bearer <token>), or pass --insecure", file=sys.stderr)
+        return 2
     options = replace(options, server=server)
     print(f"voicegate: serving on http://{args.host}:{args.port}/", flush=True)
     web.run_app(create_app(options), host=args.host, port=args.port, print=None)
@@ -78,6 +90,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from voicegate.load import run_load, run_soak
+
+    logging.getLogger("voicegate").setLevel(logging.WARNING)
+    if args.soak:
+        print(json.dumps(asyncio.run(run_soak(args.soak)), indent=1))
+        return 0
+    for calls in args.calls:
+        print(json.dumps(asyncio.run(run_load(calls, args.secs, args.url))), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands: serve, classify, train-relevance, bench)."""
     parser = argparse.ArgumentParser(prog="voicegate", description=__doc__)
@@ -88,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--ice-server", action="append", default=[],
                        help="STUN/TURN URL for RTCConfiguration (repeatable); none by default")
+    serve.add_argument("--max-sessions", type=int, default=None, help="concurrent calls (VOICEGATE_MAX_SESSIONS)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback host without VOICEGATE_TOKEN")
     serve.set_defaults(func=_serve)
 
     classify = sub.add_parser("classify", help="label transcripts from stdin: one JSON object per input line")
@@ -109,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--policies", nargs="+", default=["voicegate,vad_only,min_duration,min_words"],
                        help="policies to run (space or comma separated)")
     bench.set_defaults(func=_bench)
+
+    load = sub.add_parser("load", help="concurrent real WebRTC calls on loopback (or a connect/hang-up soak)")
+    load.add_argument("--calls", type=int, nargs="+", default=[4], help="concurrent calls (several: a sweep)")
+    load.add_argument("--secs", type=float, default=20.0, help="talk time per run")
+    load.add_argument("--url", default=None, help="an already running server (default: start one)")
+    load.add_argument("--soak", type=int, default=0, metavar="CYCLES", help="sequential connect/talk/hang-up")
+    load.set_defaults(func=_load)
     return parser
 
 

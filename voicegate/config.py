@@ -28,6 +28,20 @@ class ServerOptions:
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs for ``RTCConfiguration``; empty on loopback and LANs."""
     web_dir: Path = REPO_ROOT / "web"
+    max_sessions: int = 6
+    """Concurrent calls; more offers get 503 + Retry-After. Sized from ``voicegate load`` on 2 cores (README)."""
+    token: str | None = None
+    """``VOICEGATE_TOKEN``: when set, ``POST /offer`` and ``GET /metrics`` need ``Authorization: Bearer <token>``."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call ``POST /offer`` from another origin (``*`` for any)."""
+    offers_per_minute: int = 60
+    """Per-client-address offer rate limit (0 = off); over it → 429 + Retry-After."""
+    silent_timeout_secs: float = 20.0
+    """A connected call that sends no audio for this long is closed."""
+    max_call_secs: float = 3600.0
+    """Calls are closed after this long."""
+    connect_timeout_secs: float = 15.0
+    """A call whose ICE/DTLS has not connected this long after the answer is closed (the client vanished)."""
 
 
 @dataclass(frozen=True)
@@ -142,13 +156,20 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
     ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
     ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``openai``, with
     ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
-    ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs.
+    ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs; ``VOICEGATE_MAX_SESSIONS``,
+    ``VOICEGATE_TOKEN``, ``VOICEGATE_CORS_ORIGINS`` and ``VOICEGATE_OFFERS_PER_MINUTE`` set the server's limits.
     """
     env = dict(os.environ if env is None else env)
     opts = Options()
     server = _overlay(opts.server, "VOICEGATE_SERVER_", env)
     if "VOICEGATE_ICE_SERVERS" in env:
         server = replace(server, ice_servers=_coerce(env["VOICEGATE_ICE_SERVERS"], ()))
+    for key, name in (("VOICEGATE_MAX_SESSIONS", "max_sessions"), ("VOICEGATE_CORS_ORIGINS", "cors_origins"),
+                      ("VOICEGATE_OFFERS_PER_MINUTE", "offers_per_minute")):
+        if key in env:
+            server = replace(server, **{name: _coerce(env[key], getattr(server, name))})
+    if env.get("VOICEGATE_TOKEN"):
+        server = replace(server, token=env["VOICEGATE_TOKEN"])
     agent = AgentOptions(
         api_key=env.get("OPENAI_API_KEY") or None,
         base_url=env.get("OPENAI_BASE_URL") or None,

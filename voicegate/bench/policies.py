@@ -32,6 +32,7 @@ class _Baseline:
         self.sink = sink
         self.request_transcript: TranscriptRequest = lambda *args: None
         self.verdicts: list[dict[str, Any]] = []
+        self.input_lag_ms = 0.0
         self._decided = False
 
     def _verdict(self, label: str, reason: str, t_ms: float) -> None:

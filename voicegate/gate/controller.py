@@ -6,6 +6,7 @@ import asyncio
 import enum
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class DuplexController:
         self.echo_similarity = 0.6
         self._recent_bot_text: deque[tuple[float, str]] = deque(maxlen=16)
         self._requested: dict[str, float] = {}
+        self._tts_ms: dict[str, float] = {}
         self._speech: dict[str, tuple[str, Speech]] = {}
         self._heard: dict[str, HeardText] = {}
         self._ids = itertools.count(1)
@@ -105,8 +107,10 @@ class DuplexController:
     async def _speak_one(self, sentence: str, reply_id: str, generation: int) -> bool:
         if not sentence.strip():
             return self.playout.generation == generation
+        t0 = time.perf_counter()
         try:
             speech = await self.tts.synthesize(sentence)
+            self._tts_ms[sentence] = (time.perf_counter() - t0) * 1000
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -151,7 +155,8 @@ class DuplexController:
             self.playout.pause()
             self.pause_ms = self.events.clock.now_ms()
             self._set_state(DuplexState.PAUSED)
-            self.events.emit("bot.paused", reason="user_speech")
+            extra = {"since_onset_ms": fields["since_onset_ms"]} if "since_onset_ms" in fields else {}
+            self.events.emit("bot.paused", reason="user_speech", **extra)
         elif self.state is DuplexState.LISTENING:
             self._set_state(DuplexState.USER_TURN)
 
@@ -217,13 +222,11 @@ class DuplexController:
 
     def is_echo_text(self, text: str) -> bool:
         """True when ``text`` is mostly words the bot spoke in the last few seconds (its own echo)."""
-        from voicegate.gate.relevance import normalize
-
-        words = normalize(text).split()
+        words = _content_words(text)
         if len(words) < 2:
             return False
         now = self.events.clock.now_ms()
-        recent = {w for t, said in self._recent_bot_text if now - t < 8000 for w in normalize(said).split()}
+        recent = {w for t, said in self._recent_bot_text if now - t < 8000 for w in _content_words(said)}
         return sum(w in recent for w in words) / len(words) >= self.echo_similarity
 
     # -- playout listener -------------------------------------------------------------------------------------
@@ -238,6 +241,9 @@ class DuplexController:
         requested = self._requested.pop(entry[0], None) if entry else None
         if requested is not None:
             fields["since_user_turn_ms"] = round(now - requested, 1)
+        tts_ms = self._tts_ms.pop(text, None)
+        if tts_ms is not None:
+            fields["tts_ms"] = round(tts_ms, 1)
         self.events.emit("bot.speaking", utterance_id=utterance_id, text=text, **fields)
 
     def on_utterance_finished(self, report: UtteranceReport, at_samples: int) -> None:
@@ -259,6 +265,18 @@ class DuplexController:
         if state is not self.state:
             log.debug("call=%s state %s → %s", self.events.call_id, self.state.value, state.value)
             self.state = state
+
+
+_FUNCTION_WORDS = frozenset(
+    "the a an and or but so of to in on at by for from with about as is are was were be been it its this that these "
+    "those there their they them you your we our i me my he she his her can could would will shall should do does "
+    "did have has had not no yes what when where which who how why just than then very".split())
+
+
+def _content_words(text: str) -> list[str]:
+    from voicegate.gate.relevance import normalize
+
+    return [w for w in normalize(text).split() if w not in _FUNCTION_WORDS and len(w) > 2]
 
 
 def _resampled(speech: Speech, sample_rate: int) -> Speech:

@@ -127,11 +127,14 @@ class LiveGateDriver:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicegate-call")
         gate.request_transcript = self._request
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
+        self.on_error: Callable[[str, Exception], None] | None = None
 
-    async def process(self, pcm: np.ndarray) -> None:
+    async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
         """Run one chunk; decisions are applied on the event loop as soon as the models return."""
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self.executor, self.models.step, pcm, self.gate.hangover_ms)
+        if received_ms is not None:
+            self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
         self.cpu_ms["vad"] += result.vad_ms
         self.cpu_ms["kws"] += result.kws_ms
         self.cpu_ms["echo"] += result.echo_ms
@@ -147,7 +150,13 @@ class LiveGateDriver:
 
     async def _transcribe(self, segment_id: int, audio: np.ndarray, final: bool, end: int) -> None:
         loop = asyncio.get_running_loop()
-        transcript = await loop.run_in_executor(_ASR_POOL, self.asr.transcribe, audio)
+        try:
+            transcript = await loop.run_in_executor(_ASR_POOL, self.asr.transcribe, audio)
+        except Exception as exc:
+            log.exception("ASR failed on segment %d", segment_id)
+            if self.on_error is not None:
+                self.on_error("asr", exc)
+            transcript = Transcript("", 0.0, final, 0.0)
         self.cpu_ms["asr"] += transcript.compute_ms
         transcript = Transcript(transcript.text, transcript.confidence, final, transcript.compute_ms)
         self.gate.on_transcript(segment_id, transcript, self.now_ms(), end)
@@ -179,6 +188,7 @@ class OfflineGateDriver:
         """Process one chunk that was fully received at ``chunk_end_ms``."""
         self.deliver(chunk_end_ms)
         result = self.models.step(pcm, self.gate.hangover_ms)
+        self.gate.input_lag_ms = result.vad_ms + result.kws_ms + result.echo_ms
         for key, value in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms)):
             self.cpu_ms[key] += value
         self.now_ms = chunk_end_ms + result.vad_ms + result.kws_ms + result.echo_ms

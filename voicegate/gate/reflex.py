@@ -26,7 +26,7 @@ from voicegate.asr.base import Transcript
 from voicegate.asr.kws import KeywordHit
 from voicegate.audio.vad import VadWindow
 from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
-from voicegate.gate.relevance import RelevanceJudge
+from voicegate.gate.relevance import LexiconJudge, RelevanceJudge
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ PAUSED_HANGOVER_MS = 200.0
 KWS_GRACE_MS = 400.0
 SPECULATE_AFTER_WINDOWS = 2
 """Silent windows (64 ms) after which the transcript that will probably be final is requested early."""
+NO_TRANSCRIPT_MS = 2500.0
 EPISODE_JOIN_MS = 1000.0
 """A contested sound starting this soon after the previous one is transcribed together with it ("wait … a second")."""
 
@@ -70,6 +71,7 @@ class Gate(Protocol):
 
     request_transcript: TranscriptRequest
     verdicts: list[dict[str, object]]
+    input_lag_ms: float
 
     @property
     def hangover_ms(self) -> float: ...
@@ -115,6 +117,8 @@ class ReflexGate:
         self._last_contested: tuple[int, float] | None = None
         self._ids = itertools.count(1)
         self.verdicts: list[dict[str, object]] = []
+        self.input_lag_ms = 0.0
+        """Set by the driver: how long the current chunk waited (network jitter buffer aside) before its verdict."""
 
     @property
     def hangover_ms(self) -> float:
@@ -129,7 +133,12 @@ class ReflexGate:
         if w.event == "start":
             self._start(w, t_ms)
         seg = self.segment
-        if seg is None or seg.ended_ms is not None:
+        if seg is None:
+            return
+        if seg.ended_ms is not None:
+            if seg.contested and not seg.decided and t_ms - seg.ended_ms > NO_TRANSCRIPT_MS:
+                # The transcript never came (ASR failed or is overloaded): never leave the bot paused.
+                self._decide(seg, "noise", ["no_transcript"], t_ms)
             return
         seg.prob_sum += w.prob
         seg.windows += 1
@@ -184,7 +193,12 @@ class ReflexGate:
             if transcript.final:
                 self._finish_turn(seg, transcript.text)
             return
-        judged = self.judge.classify(transcript.text)
+        try:
+            judged = self.judge.classify(transcript.text)
+        except Exception:
+            log.exception("relevance judge failed; using the phrase lexicon for this call")
+            self.judge = LexiconJudge()
+            judged = self.judge.classify(transcript.text)
         fields: dict[str, object] = {"transcript": transcript.text, "asr_confidence": round(transcript.confidence, 3),
                                      "relevance": judged.label,
                   "relevance_confidence": round(judged.confidence, 3), "asr_ms": round(transcript.compute_ms, 1)}
@@ -218,7 +232,9 @@ class ReflexGate:
         if contested and self._last_contested is not None and t_ms - self._last_contested[1] < EPISODE_JOIN_MS:
             start = min(start, self._last_contested[0])
         self.segment = _Segment(next(self._ids), start, t_ms, contested)
-        self.sink.on_speech_started(t_ms, segment_id=self.segment.segment_id, contested=contested)
+        since_onset = (w.end_samples - w.segment_start_samples) / (PIPELINE_SAMPLE_RATE / 1000) + self.input_lag_ms
+        self.sink.on_speech_started(t_ms, segment_id=self.segment.segment_id, contested=contested,
+                                    since_onset_ms=round(since_onset, 1))
 
     def _end(self, seg: _Segment, w: VadWindow, t_ms: float) -> None:
         seg.ended_ms = t_ms

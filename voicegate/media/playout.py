@@ -70,6 +70,8 @@ class PlayoutTrack(MediaStreamTrack):
         self.frame_samples = self.sample_rate * self.options.frame_ms // 1000
         self.listener = listener
         self.frame_sink: Callable[[np.ndarray], None] | None = None
+        self.late_observer: Callable[[float], None] | None = None
+        """Called with how late (seconds, ≥ 0) each frame was produced against its media-clock deadline."""
         """Called with every frame sent (the echo guard's reference)."""
         self._fade_samples = max(1, int(self.sample_rate * self.options.fade_ms / 1000))
         self._queue: deque[_Utterance] = deque()
@@ -229,6 +231,8 @@ class PlayoutTrack(MediaStreamTrack):
             wait = self._start_secs + self._pts / self.sample_rate - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if self.late_observer is not None:
+                self.late_observer(max(0.0, time.time() - self._start_secs - self._pts / self.sample_rate))
         pcm = self.next_frame()
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.sample_rate

@@ -1,13 +1,21 @@
-"""The aiohttp application: ``POST /offer``, ``GET /healthz``, the demo page, JSON errors everywhere."""
+"""The aiohttp application: ``POST /offer``, ``GET /healthz``, ``GET /metrics``, the demo page.
+
+Every error is JSON ``{"error": ...}`` with a precise message; nothing a client sends can crash the server or
+touch another call.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import time
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from voicegate.config import Options
+from voicegate.server.metrics import Metrics
 from voicegate.server.session import Session
 from voicegate.server.signaling import OfferError, parse_offer
 
@@ -15,15 +23,19 @@ log = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("sessions", dict[str, Session])
 OPTIONS = web.AppKey("options", Options)
+METRICS = web.AppKey("metrics", Metrics)
 SESSION_HOOK = web.AppKey("session_hook", list[Callable[[Session], None]])
+RATE = web.AppKey("rate", dict[str, deque[float]])
 
-_NON_JSON_TYPES = ("multipart/", "application/x-www-form-urlencoded")
+_JSON_TYPES = ("application/json", "text/plain", "application/octet-stream")
+"""``application/octet-stream`` is what aiohttp reports when a client sends no Content-Type at all."""
+_PROTECTED = ("/offer", "/metrics")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
 @web.middleware
@@ -32,6 +44,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
+        request.app[METRICS].offers.labels("too_large").inc()
         return _error(413, f"body too large: at most {request.app[OPTIONS].server.max_body_bytes} bytes")
     except web.HTTPMethodNotAllowed as exc:
         response = _error(405, f"method {request.method} not allowed on {request.path}")
@@ -45,37 +58,107 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
 
 
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer preflights and tag responses for the configured browser origins."""
+    allowed = request.app[OPTIONS].server.cors_origins
+    origin = request.headers.get("Origin")
+    ok = origin is not None and ("*" in allowed or origin in allowed)
+    if request.method == "OPTIONS" and ok and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        response = await handler(request)
+    if ok and origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+    return response
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With ``VOICEGATE_TOKEN`` set, ``POST /offer`` and ``GET /metrics`` need ``Authorization: Bearer <token>``."""
+    token = request.app[OPTIONS].server.token
+    if token and request.path in _PROTECTED and request.method != "OPTIONS":
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if request.path == "/offer":
+                request.app[METRICS].offers.labels("unauthorized").inc()
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <VOICEGATE_TOKEN>)",
+                          **{"WWW-Authenticate": 'Bearer realm="voicegate"'})
+    return await handler(request)
+
+
+def _rate_limited(request: web.Request) -> bool:
+    limit = request.app[OPTIONS].server.offers_per_minute
+    if limit <= 0:
+        return False
+    now = time.monotonic()
+    window = request.app[RATE][request.remote or "-"]
+    while window and now - window[0] > 60.0:
+        window.popleft()
+    if len(window) >= limit:
+        return True
+    window.append(now)
+    return False
+
+
 async def offer(request: web.Request) -> web.Response:
-    """Answer a WebRTC offer: ``{"sdp", "type": "offer"}`` in, ``{"sdp", "type": "answer"}`` out."""
-    if request.content_type.startswith(_NON_JSON_TYPES):
+    """Answer a WebRTC offer: ``{"sdp", "type": "offer"}`` in, ``{"sdp", "type": "answer", "call_id"}`` out."""
+    metrics = request.app[METRICS]
+    options = request.app[OPTIONS]
+    sessions = request.app[SESSIONS]
+    if request.content_type not in _JSON_TYPES:
+        metrics.offers.labels("unsupported_type").inc()
         return _error(415, f"unsupported content type {request.content_type}: send application/json")
+    if _rate_limited(request):
+        metrics.offers.labels("rate_limited").inc()
+        return _error(429, f"more than {options.server.offers_per_minute} offers a minute from {request.remote}",
+                      **{"Retry-After": "10"})
     body = await request.read()
     try:
         parsed = parse_offer(body)
     except OfferError as exc:
+        metrics.offers.labels("bad_request").inc()
         return _error(exc.status, str(exc))
-    options = request.app[OPTIONS]
-    sessions = request.app[SESSIONS]
+    if len(sessions) >= options.server.max_sessions:
+        metrics.offers.labels("over_capacity").inc()
+        return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
+                      **{"Retry-After": "5"})
+
     def forget(closed: Session) -> None:
         sessions.pop(closed.call_id, None)
+        metrics.active_sessions.set(len(sessions))
 
     session = Session(options, on_closed=forget)
     sessions[session.call_id] = session
+    metrics.active_sessions.set(len(sessions))
+    session.events.add_listener(metrics.observe)
+    session.playout.late_observer = metrics.playout_late.observe
     for hook in request.app[SESSION_HOOK]:
         hook(session)
     try:
         answer = await session.accept(parsed.sdp)
     except Exception as exc:
         await session.close()
-        log.info("rejected offer: %s", exc)
+        metrics.offers.labels("bad_request").inc()
+        log.info("rejected offer from %s: %s", request.remote, exc)
         return _error(400, f"SDP could not be applied: {exc}")
+    metrics.offers.labels("answered").inc()
     log.info("call=%s answered offer from %s", session.call_id, request.remote)
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": session.call_id})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness plus the number of live calls."""
+    """Liveness plus the number of live calls (never needs the token)."""
     return web.json_response({"status": "ok", "sessions": len(request.app[SESSIONS])})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus exposition."""
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -89,14 +172,18 @@ async def _close_sessions(app: web.Application) -> None:
 
 
 def create_app(options: Options | None = None) -> web.Application:
-    """Build the application; sessions are closed on shutdown."""
+    """Build the application; every call is closed on shutdown."""
     options = options or Options()
-    app = web.Application(middlewares=[json_errors], client_max_size=options.server.max_body_bytes)
+    app = web.Application(middlewares=[json_errors, cors, auth], client_max_size=options.server.max_body_bytes)
     app[OPTIONS] = options
     app[SESSIONS] = {}
+    app[METRICS] = Metrics()
     app[SESSION_HOOK] = []
+    rate: dict[str, deque[float]] = defaultdict(deque)
+    app[RATE] = rate
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", index)
     app.router.add_static("/static/", options.server.web_dir)
     app.on_shutdown.append(_close_sessions)

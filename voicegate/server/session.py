@@ -104,7 +104,35 @@ class Session:
         await self._start_gate()
         self.pc.addTrack(self.playout)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.tasks.spawn(self._watchdog(), "watchdog")
         return self.pc.localDescription
+
+    def _component_failed(self, stage: str, exc: Exception) -> None:
+        self.events.emit("error", stage=stage, cause=type(exc).__name__, message=str(exc))
+
+    async def _watchdog(self) -> None:
+        """Close a call that never connected, whose client went silent (no audio for ``silent_timeout_secs``),
+        or that ran too long."""
+        server = self.options.server
+        last_samples, last_change = -1, self.clock.now_ms()
+        while True:
+            await asyncio.sleep(min(1.0, server.silent_timeout_secs / 4))
+            now = self.clock.now_ms()
+            samples = self.inbound.received_samples if self.inbound is not None else 0
+            if not self._started:
+                if now > server.connect_timeout_secs * 1000:
+                    await self.close(reason="connect_timeout")
+                    return
+                last_change = now
+                continue
+            if samples != last_samples:
+                last_samples, last_change = samples, now
+            if now - last_change > server.silent_timeout_secs * 1000:
+                await self.close(reason="silent_client")
+                return
+            if now > server.max_call_secs * 1000:
+                await self.close(reason="max_duration")
+                return
 
     async def _start_gate(self) -> None:
         """Load the call's detectors off the loop; a failure degrades the call to 'no barge-in', never kills it."""
@@ -118,6 +146,7 @@ class Session:
             return
         gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
         self.driver = LiveGateDriver(models, gate, asr, self.tasks, self.clock.now_ms)
+        self.driver.on_error = self._component_failed
         if models.echo is not None:
             self.playout.frame_sink = models.echo.add_outbound
 
@@ -159,7 +188,7 @@ class Session:
                              llm=self.options.agent.llm_configured)
             self.agent.start()
         elif state in ("failed", "closed"):
-            await self.close()
+            await self.close(reason=f"connection_{state}")
 
     # -- inbound audio ----------------------------------------------------------------------------------------
 
@@ -168,9 +197,10 @@ class Session:
             self.inbound_sum_squares += float(np.sum(np.square(chunk.pcm.astype(np.float64))))
             if self.driver is not None:
                 try:
-                    await self.driver.process(chunk.pcm)
-                except Exception:
+                    await self.driver.process(chunk.pcm, chunk.received_ms)
+                except Exception as exc:
                     log.exception("call=%s gate failed on a chunk; barge-in off for this call", self.call_id)
+                    self._component_failed("gate", exc)
                     self.driver.close()
                     self.driver = None
             for sink in self.extra_sinks:
@@ -184,7 +214,7 @@ class Session:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "closed") -> None:
         """Close the peer connection and release every task, track and listener (idempotent)."""
         if self._closing is not None:
             await asyncio.shield(self._closing)
@@ -192,7 +222,8 @@ class Session:
         self.closed = True
         self._closing = asyncio.get_running_loop().create_future()
         try:
-            self.events.emit("session.ended", call_id=self.call_id)
+            self.events.emit("session.ended", call_id=self.call_id, reason=reason)
+            log.info("call=%s closing: %s", self.call_id, reason)
             self.agent.cancel()
             for hole in self._blackholes:
                 await hole.stop()

@@ -1,4 +1,7 @@
-"""A real aiortc caller for the tests: sends a clip as its microphone, records the bot, reads the events."""
+"""A Python WebRTC caller (aiortc): sends a clip as its microphone, records the bot, reads the ``events`` channel.
+
+Used by the tests and by ``voicegate load``; any WebRTC client that speaks the same ``POST /offer`` works.
+"""
 
 from __future__ import annotations
 
@@ -67,8 +70,12 @@ class ClipTrack(MediaStreamTrack):
 class Caller:
     """One WebRTC call to a voicegate server, as an independent client would make it."""
 
-    def __init__(self, base_url: str, mic: ClipTrack | None = None) -> None:
+    def __init__(self, base_url: str, mic: ClipTrack | None = None, token: str | None = None,
+                 keep_frames: bool = True) -> None:
         self.base_url = base_url
+        self.token = token
+        self.keep_frames = keep_frames
+        self.frames_received = 0
         self.mic = mic or ClipTrack()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.events: list[dict[str, Any]] = []
@@ -95,12 +102,14 @@ class Caller:
             self._reader = asyncio.ensure_future(self._read(track))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json={
+            async with http.post(f"{self.base_url}/offer", headers=headers, json={
                 "sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type,
             }) as res:
                 body = await res.json()
-                assert res.status == 200, body
+                if res.status != 200:
+                    raise RuntimeError(f"offer refused ({res.status}): {body.get('error')}")
         self.call_id = body["call_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
 
@@ -108,7 +117,9 @@ class Caller:
         try:
             while True:
                 frame = await track.recv()
-                self.bot_frames.append(frame.to_ndarray().reshape(-1))  # type: ignore[union-attr]
+                self.frames_received += 1
+                if self.keep_frames:
+                    self.bot_frames.append(frame.to_ndarray().reshape(-1))  # type: ignore[union-attr]
         except MediaStreamError:
             pass
 

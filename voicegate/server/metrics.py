@@ -1,0 +1,61 @@
+"""Prometheus metrics (``GET /metrics``), fed from each call's events; one registry per application."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+LATENCY_BUCKETS = (0.02, 0.04, 0.064, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+class Metrics:
+    """The ``voicegate_`` series."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # RSS, CPU seconds, open file descriptors
+        r = self.registry
+        self.active_sessions = Gauge("voicegate_active_sessions", "Live calls", registry=r)
+        self.offers = Counter("voicegate_offers", "POST /offer by outcome", ["outcome"], registry=r)
+        self.time_to_pause = Histogram("voicegate_time_to_pause_seconds", "Speech onset to the bot's pause",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.verdict_latency = Histogram("voicegate_verdict_latency_seconds", "Speech onset to stop/resume verdict",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.verdicts = Counter("voicegate_verdicts", "Gate verdicts", ["label"], registry=r)
+        self.first_audio = Histogram("voicegate_reply_first_audio_seconds", "End of the user's turn to first bot audio",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.tts_latency = Histogram("voicegate_tts_seconds", "Synthesis time per sentence", buckets=LATENCY_BUCKETS,
+                                     registry=r)
+        self.errors = Counter("voicegate_errors", "Component failures by stage", ["stage"], registry=r)
+        self.playout_late = Histogram("voicegate_playout_late_seconds",
+                                      "How late each outbound 20 ms frame left against its media clock",
+                                      buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32), registry=r)
+        self.threads = Gauge("voicegate_threads", "Python threads", registry=r)
+        self.threads.set_function(threading.active_count)
+        self.tasks = Gauge("voicegate_asyncio_tasks", "Pending asyncio tasks", registry=r)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Update the series from one call event."""
+        kind = event["type"]
+        if kind == "bot.paused" and "since_onset_ms" in event:
+            self.time_to_pause.observe(event["since_onset_ms"] / 1000)
+        elif kind == "gate.verdict":
+            self.verdicts.labels(event["label"]).inc()
+            if "ms_since_onset" in event:
+                self.verdict_latency.observe(event["ms_since_onset"] / 1000)
+        elif kind == "bot.speaking":
+            if "since_user_turn_ms" in event:
+                self.first_audio.observe(event["since_user_turn_ms"] / 1000)
+            if "tts_ms" in event:
+                self.tts_latency.observe(event["tts_ms"] / 1000)
+        elif kind == "error":
+            self.errors.labels(event.get("stage", "unknown")).inc()
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        self.tasks.set(len([t for t in asyncio.all_tasks() if not t.done()]))
+        return generate_latest(self.registry)
