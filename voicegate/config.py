@@ -28,8 +28,9 @@ class ServerOptions:
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs for ``RTCConfiguration``; empty on loopback and LANs."""
     web_dir: Path = REPO_ROOT / "web"
-    max_sessions: int = 6
-    """Concurrent calls; more offers get 503 + Retry-After. Sized from ``voicegate load`` on 2 cores (README)."""
+    max_sessions: int = 4
+    """Concurrent calls; more offers get 503 + Retry-After. ``voicegate load`` on this 2-core machine keeps 4 calls
+    real-time (1 % of frames > 20 ms late) and saturates at 6 (README)."""
     token: str | None = None
     """``VOICEGATE_TOKEN``: when set, ``POST /offer`` and ``GET /metrics`` need ``Authorization: Bearer <token>``."""
     cors_origins: tuple[str, ...] = ()

@@ -155,7 +155,7 @@ async def run_soak(cycles: int, talk_secs: float = 1.5) -> dict[str, Any]:
             caller.mic.schedule(phrases[i % len(phrases)], 0.0)
             await asyncio.sleep(talk_secs)
             await caller.close()
-            if i in (9, cycles - 1):
+            if i in (9, cycles // 2 - 1, cycles - 1):
                 await asyncio.sleep(2.0)
                 m = await scrape(server.url)
                 samples.append({"cycle": i + 1, "rss_mb": round(m.get("process_resident_memory_bytes", 0) / 2**20, 1),
