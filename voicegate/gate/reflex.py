@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 PARTIAL_AFTER_MS = 700.0
 PAUSED_HANGOVER_MS = 200.0
 KWS_GRACE_MS = 400.0
-SPECULATE_AFTER_WINDOWS = 2
-"""Silent windows (64 ms) after which the transcript that will probably be final is requested early."""
+SPECULATE_AFTER_WINDOWS = 1
+"""Silent windows (32 ms each) after which the transcript that will probably be final is requested early."""
 NO_TRANSCRIPT_MS = 2500.0
 EPISODE_JOIN_MS = 1000.0
 """A contested sound starting this soon after the previous one is transcribed together with it ("wait … a second")."""

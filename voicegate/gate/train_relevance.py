@@ -221,6 +221,23 @@ def evaluate(model: object, pairs: list[tuple[str, str]]) -> dict[str, object]:
             "backchannel_to_interrupt": round(confusion["backchannel"]["interrupt"] / bc, 4) if bc else None}
 
 
+def measure_speed(model_path: Path, repeats: int = 20_000) -> str:
+    """Load time and per-transcript prediction time of a saved model, as a Markdown sentence."""
+    from voicegate.gate.relevance import FastTextJudge
+
+    loads = []
+    for _ in range(5):
+        judge = FastTextJudge(model_path)
+        loads.append(judge.load_ms)
+    texts = ["uh-huh", "what about tomorrow", "stop", "yeah i see what you mean", "um"]
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        judge.classify(texts[i % len(texts)])
+    per_ms = (time.perf_counter() - t0) / repeats * 1000
+    return (f"Load {min(loads):.1f} ms (best of 5); classify (normalise + predict) {per_ms * 1000:.1f} µs per "
+            f"transcript over {repeats} calls, one thread.")
+
+
 def train(out: Path = MODELS_DIR / "relevance.ftz", data_dir: Path = DEFAULT_DATA, with_mrda: bool = False,
           card: Path | None = MODELS_DIR / "relevance.md") -> dict[str, object]:
     """Build the data, train, quantize, evaluate and write the model and its card. Returns the figures."""
@@ -248,6 +265,7 @@ def train(out: Path = MODELS_DIR / "relevance.ftz", data_dir: Path = DEFAULT_DAT
         "size_bytes": out.stat().st_size,
         "with_mrda": with_mrda,
     }
+    figures["speed"] = measure_speed(out)
     if card is not None:
         from voicegate.gate.model_card import write_card
 
