@@ -84,29 +84,27 @@ def speech_onset_ms(clip: np.ndarray) -> float | None:
     return None
 
 
-def speech_offset_ms(clip: np.ndarray) -> float:
-    """End of the last window of the clean clip louder than 30 dB under its peak (where the sound ends)."""
+def _loud_blocks(clip: np.ndarray, below_peak_db: float) -> np.ndarray:
+    """Indices of the 10 ms blocks of ``clip`` (16 kHz) within ``below_peak_db`` of its loudest block."""
     block = PIPELINE_SAMPLE_RATE // 100
     x = clip.astype(np.float32) / 32768.0
     n = len(x) // block
     if n == 0:
-        return 0.0
+        return np.zeros(0, dtype=np.int64)
     rms = np.sqrt(np.mean(x[: n * block].reshape(n, block) ** 2, axis=1) + 1e-12)
     level = 20 * np.log10(rms / max(rms.max(), 1e-6))
-    loud = np.flatnonzero(level > -30)
+    return np.flatnonzero(level > -below_peak_db)
+
+
+def speech_offset_ms(clip: np.ndarray) -> float:
+    """End of the last 10 ms block of the clean clip louder than 30 dB under its peak (where the sound ends)."""
+    loud = _loud_blocks(clip, 30.0)
     return float((loud[-1] + 1) * 10) if loud.size else 0.0
 
 
-def onset_ms(clip: np.ndarray, threshold_dbfs: float = -40.0) -> float:
-    """First 10 ms block of ``clip`` (16 kHz) louder than ``threshold_dbfs`` (relative to the clip's peak)."""
-    block = PIPELINE_SAMPLE_RATE // 100
-    x = clip.astype(np.float32) / 32768.0
-    n = len(x) // block
-    if n == 0:
-        return 0.0
-    rms = np.sqrt(np.mean(x[: n * block].reshape(n, block) ** 2, axis=1) + 1e-12)
-    level = 20 * np.log10(rms / max(rms.max(), 1e-6))
-    loud = np.flatnonzero(level > threshold_dbfs + 10)
+def onset_ms(clip: np.ndarray) -> float:
+    """Start of the first 10 ms block of ``clip`` louder than 30 dB under its peak (for non-speech sounds)."""
+    loud = _loud_blocks(clip, 30.0)
     return float(loud[0] * 10) if loud.size else 0.0
 
 

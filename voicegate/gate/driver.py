@@ -95,19 +95,23 @@ class GateModels:
         return bool(recent) and level <= max(recent) + ECHO_LEVEL_MARGIN_DB
 
     def _remember(self, pcm: np.ndarray) -> None:
-        n = len(pcm)
-        self._ring[:-n] = self._ring[n:]
-        self._ring[-n:] = pcm
-        self.position += n
+        size = len(self._ring)
+        data = pcm[-size:]
+        at = (self.position + len(pcm) - len(data)) % size
+        first = min(len(data), size - at)
+        self._ring[at:at + first] = data[:first]
+        self._ring[:len(data) - first] = data[first:]
+        self.position += len(pcm)
 
     def audio(self, start_samples: int, end_samples: int) -> np.ndarray:
         """The inbound audio between two stream positions (clipped to the last 20 s)."""
-        start = max(start_samples, self.position - len(self._ring))
+        size = len(self._ring)
+        start = max(start_samples, self.position - size, 0)
         end = min(end_samples, self.position)
         if end <= start:
             return np.zeros(0, dtype=np.int16)
-        base = self.position - len(self._ring)
-        return self._ring[start - base:end - base].copy()
+        indices = np.arange(start, end) % size
+        return self._ring[indices]
 
 
 _ASR_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicegate-asr")

@@ -87,23 +87,28 @@ def _add(pairs: list[tuple[str, str]], label: str, text: str) -> None:
         pairs.append((label, norm))
 
 
+def _add_intent(ds: Dataset, target: list[tuple[str, str]], source: str, text: str, backchannel: bool,
+                max_backchannel_words: int, rng: random.Random) -> None:
+    """An intent utterance: a short affirmation is a backchannel, anything else an interrupt (+ ASR variants)."""
+    if backchannel:
+        if len(_words(text)) <= max_backchannel_words:
+            _add(target, "backchannel", text)
+            ds.sources[f"{source}:backchannel"] += 1
+        return
+    _add(target, "interrupt", text)
+    ds.sources[f"{source}:interrupt"] += 1
+    if target is ds.train:
+        for variant in _streaming_variants(normalize(text), rng):
+            _add(target, "interrupt", variant)
+
+
 def _clinc(root: Path, ds: Dataset, rng: random.Random) -> None:
     data = json.loads((root / "clinc150" / "data" / "data_full.json").read_text())
     for split_key, target in (("train", ds.train), ("oos_train", ds.train), ("val", ds.train),
                               ("test", ds.test), ("oos_test", ds.test)):
         for text, intent in data[split_key]:
-            if intent in CLINC_DROP:
-                continue
-            if intent in CLINC_BACKCHANNEL:
-                if len(_words(text)) <= 4:
-                    _add(target, "backchannel", text)
-                    ds.sources["clinc150:backchannel"] += 1
-                continue
-            _add(target, "interrupt", text)
-            ds.sources["clinc150:interrupt"] += 1
-            if target is ds.train:
-                for variant in _streaming_variants(normalize(text), rng):
-                    _add(target, "interrupt", variant)
+            if intent not in CLINC_DROP:
+                _add_intent(ds, target, "clinc150", text, intent in CLINC_BACKCHANNEL, 4, rng)
 
 
 def _hwu(root: Path, ds: Dataset, rng: random.Random) -> None:
@@ -111,16 +116,7 @@ def _hwu(root: Path, ds: Dataset, rng: random.Random) -> None:
         for row in csv.DictReader(fh, delimiter="\t"):
             target = ds.test if row["cv_test_fold"] == "KFold_1" else ds.train
             text = row["text"].replace("olly", "").strip(" ,.")
-            if row["intent"] in HWU_BACKCHANNEL:
-                if len(_words(text)) <= 3:
-                    _add(target, "backchannel", text)
-                    ds.sources["hwu64:backchannel"] += 1
-                continue
-            _add(target, "interrupt", text)
-            ds.sources["hwu64:interrupt"] += 1
-            if target is ds.train:
-                for variant in _streaming_variants(normalize(text), rng):
-                    _add(target, "interrupt", variant)
+            _add_intent(ds, target, "hwu64", text, row["intent"] in HWU_BACKCHANNEL, 3, rng)
 
 
 def mrda_label(general: str, full: str, text: str) -> str | None:
