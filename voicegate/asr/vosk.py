@@ -22,7 +22,7 @@ def find_vosk_model(configured: Path | None = None) -> Path | None:
     global _warned
     candidates = [configured] if configured else sorted(MODELS_DIR.glob("vosk-model-*"))
     for path in candidates:
-        if (path is not None and (path / "am").is_dir()) or (path is not None and (path / "conf").is_dir()):
+        if path is not None and ((path / "am").is_dir() or (path / "conf").is_dir()):
             return path
     if not _warned:
         _warned = True
