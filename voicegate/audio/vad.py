@@ -101,11 +101,9 @@ class VadDetector:
         self._pending = np.zeros(0, dtype=np.int16)
         self._position = 0
 
-    def feed(self, pcm: np.ndarray, echo: np.ndarray | None = None) -> list[VadWindow]:
-        """Consume any number of samples; returns one :class:`VadWindow` per complete window.
-
-        ``echo``, if given, is called per window (see :meth:`step`) — use :meth:`step` directly for that.
-        """
+    def feed(self, pcm: np.ndarray) -> list[VadWindow]:
+        """Consume any number of samples; returns one :class:`VadWindow` per complete window (no echo flags:
+        drivers that have an echo guard call :meth:`step` per window instead)."""
         self._pending = np.concatenate([self._pending, pcm.astype(np.int16, copy=False)])
         out = []
         while len(self._pending) >= WINDOW_SAMPLES:

@@ -57,7 +57,6 @@ class Outcome:
     mic: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     vad_trace: list[tuple[float, float, bool]] = field(default_factory=list)
     cpu_ms: dict[str, float] = field(default_factory=dict)
-    paused_at_sample: int | None = None
     user_turns: list[str] = field(default_factory=list)
 
     @property
@@ -182,7 +181,6 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
         effective = float(np.ceil(driver.now_ms / FRAME_MS) * FRAME_MS)
         if playout.paused and not was_paused and outcome.pause_ms is None and driver.now_ms >= earliest:
             outcome.pause_ms = effective
-            outcome.paused_at_sample = playout.queued_samples
         if playout.generation != generation and driver.now_ms >= earliest and outcome.stop_ms is None:
             outcome.stop_ms = driver.now_ms
             outcome.remaining_at_stop_s = queued / playout.sample_rate

@@ -73,7 +73,6 @@ class DuplexController:
         self._heard: dict[str, HeardText] = {}
         self._ids = itertools.count(1)
         self._space = asyncio.Event()
-        self.pause_ms: float | None = None
         playout.listener = self
 
     # -- the agent's side -------------------------------------------------------------------------------------
@@ -153,7 +152,6 @@ class DuplexController:
         self.events.emit("user.speech_started", t_ms, **fields)
         if self.state is DuplexState.BOT_SPEAKING:
             self.playout.pause()
-            self.pause_ms = self.events.clock.now_ms()
             self._set_state(DuplexState.PAUSED)
             extra = {"since_onset_ms": fields["since_onset_ms"]} if "since_onset_ms" in fields else {}
             self.events.emit("bot.paused", reason="user_speech", **extra)

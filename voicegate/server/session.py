@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import GateModels, LiveGateDriver, default_asr
 from voicegate.gate.reflex import ReflexGate
 from voicegate.gate.relevance import RelevanceJudge, load_judge
-from voicegate.media.inbound import InboundAudio, PcmChunk
+from voicegate.media.inbound import InboundAudio
 from voicegate.media.playout import PlayoutTrack
 from voicegate.tasks import TaskOwner
 from voicegate.tts.base import Tts
@@ -43,7 +43,6 @@ def _shared_models() -> tuple[RelevanceJudge, UtteranceAsr]:
     return load_judge(), default_asr()
 
 
-ChunkSink = Callable[[PcmChunk], Awaitable[None]]
 
 
 class Session:
@@ -70,7 +69,6 @@ class Session:
         self.driver: LiveGateDriver | None = None
         self.inbound: InboundAudio | None = None
         self.inbound_sum_squares = 0.0
-        self.extra_sinks: list[ChunkSink] = []
         self._blackholes: list[MediaBlackhole] = []
         self._channels: list[RTCDataChannel] = []
         self._on_closed = on_closed
@@ -203,8 +201,6 @@ class Session:
                     self._component_failed("gate", exc)
                     self.driver.close()
                     self.driver = None
-            for sink in self.extra_sinks:
-                await sink(chunk)
 
     @property
     def inbound_rms(self) -> float:
