@@ -1,36 +1,85 @@
-"""The ASR engines behind one interface: Whisper (embedded default), Vosk (when a model exists), the spotter."""
+"""The ASR engines behind one interface, on real recordings: rates over several clips, never one clip's words
+(int8 decodes differ between AMD and Intel CPUs)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from voicegate.asr import vosk as vosk_module
+from voicegate.asr.base import Transcript, spoken_text, syllables
 from voicegate.asr.kws import KeywordSpotter
 from voicegate.asr.vosk import VoskAsr, find_vosk_model
 from voicegate.asr.whisper import WhisperAsr
 from voicegate.audio.pcm import load_audio
+from voicegate.bench.asr_eval import word_errors, words
 
 
-def test_whisper_transcribes_real_recordings(shared_data: Path) -> None:
-    asr = WhisperAsr()
-    for word in ("stop", "yes"):
-        clip = load_audio(sorted((shared_data / "speech/speech_commands" / word).glob("*.wav"))[1], 16_000)
-        result = asr.transcribe(clip)
-        assert word in result.text.lower() and result.final and result.compute_ms > 0
+@pytest.fixture(scope="module")
+def whisper() -> WhisperAsr:
+    return WhisperAsr()
+
+
+def _clips(shared: Path, folder: str, pattern: str, limit: int = 8) -> list[np.ndarray]:
+    return [load_audio(p, 16_000)[: 16_000 * 3] for p in sorted((shared / folder).glob(pattern))[:limit]]
+
+
+def test_whisper_hears_most_real_spoken_words(whisper: WhisperAsr, shared_data: Path) -> None:
+    heard, total = 0, 0
+    for word in ("stop", "no", "yes", "right", "go", "off"):
+        for clip in _clips(shared_data, f"speech/speech_commands/{word}", "*.wav"):
+            result = whisper.transcribe(clip)
+            assert result.final and result.compute_ms > 0 and 0.0 <= result.confidence <= 1.0
+            heard += word in words(result.text)
+            total += 1
+    # 83 % on all 249 Speech Commands clips with this engine (voicegate asr-bench); 30 s-padded decode: 81.5 %.
+    assert heard / total >= 0.7, f"only {heard}/{total} words heard"
+
+
+def test_whisper_writes_sounds_not_words_for_coughs_and_laughter(whisper: WhisperAsr, shared_data: Path) -> None:
+    marked, total = 0, 0
+    for cls in ("coughing", "laughing", "throat-clearing"):
+        for clip in _clips(shared_data, f"noise/vocal/{cls}", "*.flac", limit=6):
+            result = whisper.transcribe(clip)
+            marked += result.nonspeech or not words(result.text)
+            total += 1
+    assert marked / total >= 0.8, f"only {marked}/{total} non-speech sounds annotated as such"
+
+
+def test_long_audio_is_decoded_in_windows(whisper: WhisperAsr, shared_data: Path) -> None:
+    clip = load_audio(shared_data / "speech/asr_test_wavs/silero-vad_tests_data_test.wav", 16_000)
+    assert len(clip) > 16_000 * 40
+    result = whisper.transcribe(clip)
+    assert len(words(result.text)) > 80, "a minute of speech is transcribed past Whisper's 30 s window"
+
+
+def test_sound_annotations_and_syllables() -> None:
+    assert spoken_text("(coughs) No, stop!") == "No, stop!"
+    assert Transcript("(coughing)", 0.5, True).nonspeech
+    assert Transcript("*laughs* I H E", 0.5, True).nonspeech, "single letters after a sound tag are not words"
+    assert Transcript("[laughter", 0.5, True).nonspeech, "an unclosed tag runs to the end"
+    assert not Transcript("(laughs) no stop", 0.5, True).nonspeech
+    assert not Transcript("stop", 0.5, True).nonspeech, "no tag, no verdict from tags"
+    assert syllables("stop") == 1 and 6 <= syllables("I'm not going to be able") <= 9 and syllables("90210") == 5
+    assert words("Stop! 4 (cough)") == ["stop", "four"] and word_errors(["a", "b"], ["a", "c", "b"]) == 1
 
 
 def test_keyword_spotter_hears_stop_and_not_yes(shared_data: Path) -> None:
-    stop = load_audio(sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))[0], 16_000)
-    yes = load_audio(sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))[0], 16_000)
     spotter = KeywordSpotter(("stop", "wait", "no", "hold on"))
     assert spotter.phrases == ("stop", "wait"), "only the phrases it can spot reliably"
-    hits = [h for i in range(0, len(stop), 320) for h in spotter.feed(stop[i:i + 320])]
-    assert [h.phrase for h in hits] == ["stop"]
-    spotter.reset()
-    assert not [h for i in range(0, len(yes), 320) for h in spotter.feed(yes[i:i + 320])]
+
+    def spot(clip: np.ndarray) -> list[str]:
+        spotter.reset()
+        clip = np.concatenate([np.zeros(8000, np.int16), clip, np.zeros(8000, np.int16)])
+        return [h.phrase for i in range(0, len(clip), 320) for h in spotter.feed(clip[i:i + 320])]
+
+    stops = [spot(c) for c in _clips(shared_data, "speech/speech_commands/stop", "*.wav")]
+    yeses = [spot(c) for c in _clips(shared_data, "speech/speech_commands/yes", "*.wav")]
+    assert sum("stop" in hits for hits in stops) >= 6, stops  # 7 of 8 in the threshold sweep
+    assert sum(bool(hits) for hits in yeses) <= 1, yeses
 
 
 def test_missing_vosk_model_is_reported_once_with_the_fix(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:

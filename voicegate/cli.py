@@ -90,6 +90,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asr_bench(args: argparse.Namespace) -> int:
+    from voicegate.asr.base import UtteranceAsr
+    from voicegate.bench.asr_eval import run_asr_bench
+    from voicegate.gate.driver import make_asr
+
+    logging.getLogger("voicegate").setLevel(logging.WARNING)
+    options = options_from_env()
+    engines: dict[str, UtteranceAsr] = {}
+    for name in args.engines:
+        try:
+            engines[name] = make_asr(name, options)
+        except (ValueError, OSError) as exc:
+            print(f"voicegate asr-bench: {name}: {exc}", file=sys.stderr)
+            return 2
+    run_asr_bench(engines, args.out, fsdd_every=args.fsdd_every, vocal_per_class=args.vocal_per_class,
+                  long_form=not args.no_long_form)
+    print((args.out / "asr.md").read_text())
+    return 0
+
+
 def _load(args: argparse.Namespace) -> int:
     import asyncio
     import json
@@ -139,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--policies", nargs="+", default=["voicegate,vad_only,min_duration,min_words"],
                        help="policies to run (space or comma separated)")
     bench.set_defaults(func=_bench)
+
+    asr = sub.add_parser("asr-bench", help="transcript engines side by side: compute time, words heard, sounds")
+    asr.add_argument("--engines", nargs="+", default=["whisper", "whisper-padded"],
+                     help="engines to compare; the last one is the reference (whisper, whisper-padded, vosk)")
+    asr.add_argument("--out", type=Path, default=Path("bench-out/asr"))
+    asr.add_argument("--fsdd-every", type=int, default=5, help="use every Nth Free Spoken Digit clip")
+    asr.add_argument("--vocal-per-class", type=int, default=12, help="non-speech vocal clips per class")
+    asr.add_argument("--no-long-form", action="store_true", help="skip the long-form agreement check")
+    asr.set_defaults(func=_asr_bench)
 
     load = sub.add_parser("load", help="concurrent real WebRTC calls on loopback (or a connect/hang-up soak)")
     load.add_argument("--calls", type=int, nargs="+", default=[4], help="concurrent calls (several: a sweep)")

@@ -81,6 +81,19 @@ class GateOptions:
     """A transcript less certain than this, of less than ``uncertain_sound_ms`` of voice, is noise (a sneeze that
     Whisper hears as "Come!") unless it is a stop phrase."""
     uncertain_sound_ms: float = 500.0
+    partial_interval_ms: float = 200.0
+    """While a contested sound goes on, a partial transcript every this often (0 = no partials)."""
+    first_partial_ms: float = 250.0
+    """The first partial, this long after the onset."""
+    partial_stop_confidence: float = 0.35
+    """A stop phrase in a single partial stops the bot when the ASR is at least this confident; any other
+    interruption needs a second reading that agrees."""
+    max_syllables_base: float = 3.0
+    max_syllables_per_sec: float = 8.0
+    """A transcript with more syllables than ``base + per_sec × voiced seconds`` cannot have been said in that
+    sound: it was invented for a cough or a sneeze, and cannot stop the bot."""
+    fallback_interrupt_ms: float = 600.0
+    """Without a transcript (ASR overloaded or failed), this much voiced sound is an interruption; less is noise."""
     end_of_turn_ms: float = 600.0
     """Silence that ends the user's turn after a stop."""
     stop_phrases: tuple[str, ...] = (
@@ -90,6 +103,31 @@ class GateOptions:
     """Transcript/played-text word overlap above which speech is the bot's own echo."""
     echo_correlation: float = 0.5
     """Normalised cross-correlation with the recent outbound audio above which a window is echo."""
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    """The transcript stage: which engine, how each decode is shaped, and how decodes are scheduled."""
+
+    engine: str = "auto"
+    """``auto`` (Vosk when a model is configured or found, else Whisper), ``whisper`` (tiny.en, the utterance
+    plus padding), ``whisper-padded`` (faster-whisper's 30 s decode, the old reference) or ``vosk``."""
+    min_pad_secs: float = 1.0
+    """Silence appended after the utterance before Whisper's encoder (instead of padding to 30 s)."""
+    min_window_secs: float = 5.0
+    """The encoder window is at least this long (utterance + padding): shorter windows make tiny.en repeat
+    words ("stop, stop, stop") — see ``voicegate asr-bench``."""
+    max_tokens_base: int = 10
+    tokens_per_sec: float = 8.0
+    """Decoded tokens are capped at ``max_tokens_base + tokens_per_sec × seconds of audio``."""
+    no_repeat_ngram_size: int = 2
+    repetition_penalty: float = 1.2
+    threads: int = 1
+    """Threads inside one decode; one is fastest for these short inputs (measured, README)."""
+    workers: int = 2
+    """Decodes run at once across calls (one thread each)."""
+    max_wait_ms: float = 700.0
+    """A request that has waited this long in the queue is dropped and the call told ``overloaded``."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +161,7 @@ class Options:
     playout: PlayoutOptions = field(default_factory=PlayoutOptions)
     gate: GateOptions = field(default_factory=GateOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
+    asr: AsrOptions = field(default_factory=AsrOptions)
     vosk_model: Path | None = None
 
 
@@ -153,8 +192,8 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
     """Build :class:`Options` from environment variables.
 
     ``VOICEGATE_GATE_<FIELD>`` overrides any :class:`GateOptions` field (e.g. ``VOICEGATE_GATE_VAD_HANGOVER_MS``),
-    likewise ``VOICEGATE_PLAYOUT_<FIELD>`` and ``VOICEGATE_SERVER_<FIELD>``. The LLM uses the standard
-    ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
+    likewise ``VOICEGATE_PLAYOUT_<FIELD>``, ``VOICEGATE_SERVER_<FIELD>`` and ``VOICEGATE_ASR_<FIELD>``. The LLM uses
+    the standard ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
     ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``openai``, with
     ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
     ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs; ``VOICEGATE_MAX_SESSIONS``,
@@ -189,5 +228,6 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
         playout=_overlay(opts.playout, "VOICEGATE_PLAYOUT_", env),
         gate=_overlay(opts.gate, "VOICEGATE_GATE_", env),
         agent=agent,
+        asr=_overlay(opts.asr, "VOICEGATE_ASR_", env),
         vosk_model=Path(vosk) if vosk else None,
     )
