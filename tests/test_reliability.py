@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_url
+from voicegate.asr.scheduler import AsrService
 from voicegate.audio.pcm import resample
 from voicegate.client import Caller, ClipTrack
 from voicegate.config import Options, ServerOptions
@@ -172,6 +173,7 @@ class _BrokenAsr:
 async def test_faults_in_one_call_leave_the_server_and_other_calls_alone(make_server) -> None:  # type: ignore[no-untyped-def]
     srv = await make_server()
     a, b = Caller(base_url(srv), ClipTrack()), Caller(base_url(srv), ClipTrack())
+    broken = AsrService(_BrokenAsr(), workers=1, max_wait_ms=1000)  # type: ignore[arg-type]
     await a.connect()
     await b.connect()
     try:
@@ -180,7 +182,7 @@ async def test_faults_in_one_call_leave_the_server_and_other_calls_alone(make_se
         sessions = srv.app[SESSIONS]
         sa, sb = sessions[a.call_id], sessions[b.call_id]
         assert sa.driver is not None and sb.driver is not None
-        sa.driver.asr = _BrokenAsr()  # type: ignore[assignment]
+        sa.driver.service = broken
         speech = await EspeakTts(sample_rate=16_000).synthesize("okay")
         a.mic.schedule(resample(speech.pcm, 16_000, 48_000), 0.0)
         error = await a.wait_event("error", timeout=10)
@@ -197,6 +199,7 @@ async def test_faults_in_one_call_leave_the_server_and_other_calls_alone(make_se
         async with aiohttp.ClientSession() as http, http.get(f"{base_url(srv)}/healthz") as res:
             assert (await res.json())["sessions"] == 2
     finally:
+        broken.close()
         await a.close()
         await b.close()
     await _until(lambda: not srv.app[SESSIONS])

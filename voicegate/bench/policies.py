@@ -49,6 +49,9 @@ class _Baseline:
     def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
         """Ignored unless the policy overrides it."""
 
+    def on_transcript_failed(self, segment_id: int, end_samples: int, cause: str, t_ms: float) -> None:
+        """Peers wait on their transcript; a lost one changes nothing."""
+
 
 class VadOnlyGate(_Baseline):
     """Pipecat's defaults: ``start_secs=0.2``, ``confidence=0.7``, then cancel and flush."""

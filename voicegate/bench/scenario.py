@@ -13,7 +13,7 @@ import numpy as np
 from av import AudioFrame, AudioResampler
 
 from voicegate.asr.base import UtteranceAsr
-from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions, PlayoutOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.events import EventBus, SimClock
 from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import GateModels, OfflineGateDriver
@@ -116,7 +116,8 @@ def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
 
 def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
                  options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
-                 noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate") -> Outcome:
+                 noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate",
+                 asr_options: AsrOptions | None = None) -> Outcome:
     """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``."""
     from voicegate.bench.policies import gate_factory
 
@@ -130,7 +131,11 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     controller.on_user_turn = user_turns.append
     models = GateModels(options, playout.sample_rate, echo_guard=True)
     gate = gate_factory(policy)(options, controller, judge)
-    driver = OfflineGateDriver(models, gate, asr)
+
+    def report(stage: str, cause: str, message: str) -> None:
+        events.emit("error", stage=stage, cause=cause, message=message)
+
+    driver = OfflineGateDriver(models, gate, asr, asr_options, on_error=report)
     controller.queue_speech(bot, "r1")
 
     user = clip.astype(np.float32) * (10 ** (gain_db / 20))

@@ -15,17 +15,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.kws import KeywordHit, KeywordSpotter
+from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
 from voicegate.audio.echo import EchoGuard
 from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow, dbfs_window
-from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, options_from_env
 from voicegate.gate.reflex import Gate
-from voicegate.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 RING_SECS = 20
@@ -114,28 +114,31 @@ class GateModels:
         return self._ring[indices]
 
 
-_ASR_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicegate-asr")
-"""Whisper decodes are serialised process-wide: the model already uses two threads per decode."""
-
-
 class LiveGateDriver:
-    """Feeds a call's inbound chunks through the models (in the call's own thread) and the gate (on the loop)."""
+    """Feeds a call's inbound chunks through the models (in the call's own thread) and the gate (on the loop).
 
-    def __init__(self, models: GateModels, gate: Gate, asr: UtteranceAsr, tasks: TaskOwner,
+    Transcripts are decoded by the process's :class:`~voicegate.asr.scheduler.AsrService`; results hop back to
+    the event loop with ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, models: GateModels, gate: Gate, service: AsrService, call_id: str,
                  now_ms: Callable[[], float]) -> None:
         self.models = models
         self.gate = gate
-        self.asr = asr
-        self.tasks = tasks
+        self.service = service
+        self.call_id = call_id
         self.now_ms = now_ms
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicegate-call")
         gate.request_transcript = self._request
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
-        self.on_error: Callable[[str, Exception], None] | None = None
+        self.on_error: Callable[[str, str, str], None] | None = None
+        """``(stage, cause, message)`` for a component that failed or is overloaded."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
         """Run one chunk; decisions are applied on the event loop as soon as the models return."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self.executor, self.models.step, pcm, self.gate.hangover_ms)
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
@@ -149,43 +152,67 @@ class LiveGateDriver:
             self.gate.on_window(window, now)
 
     def _request(self, segment_id: int, start: int, end: int, final: bool) -> None:
-        audio = self.models.audio(start, end)
-        self.tasks.spawn(self._transcribe(segment_id, audio, final, end), f"asr-{segment_id}")
+        self.service.submit(AsrRequest(self.call_id, segment_id, end, final, self.models.audio(start, end),
+                                       self._from_worker))
 
-    async def _transcribe(self, segment_id: int, audio: np.ndarray, final: bool, end: int) -> None:
-        loop = asyncio.get_running_loop()
+    def _from_worker(self, req: AsrRequest, transcript: Transcript | None, cause: str | None) -> None:
+        loop = self._loop
+        if loop is None or self._closed or loop.is_closed():
+            return
         try:
-            transcript = await loop.run_in_executor(_ASR_POOL, self.asr.transcribe, audio)
-        except Exception as exc:
-            log.exception("ASR failed on segment %d", segment_id)
-            if self.on_error is not None:
-                self.on_error("asr", exc)
-            transcript = Transcript("", 0.0, final, 0.0)
-        self.cpu_ms["asr"] += transcript.compute_ms
-        transcript = Transcript(transcript.text, transcript.confidence, final, transcript.compute_ms)
-        self.gate.on_transcript(segment_id, transcript, self.now_ms(), end)
+            loop.call_soon_threadsafe(self._result, req, transcript, cause)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def _result(self, req: AsrRequest, transcript: Transcript | None, cause: str | None) -> None:
+        if self._closed:
+            return
+        deliver_result(self.gate, self.cpu_ms, req, transcript, cause, self.now_ms(), self.on_error)
 
     def close(self) -> None:
-        """Release the call's thread."""
+        """Release the call's thread and whatever it still had queued for transcription."""
+        self._closed = True
+        self.service.drop_call(self.call_id)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def deliver_result(gate: Gate, cpu_ms: dict[str, float], req: AsrRequest, transcript: Transcript | None,
+                   cause: str | None, t_ms: float, on_error: Callable[[str, str, str], None] | None) -> None:
+    """Hand a decode's outcome to the gate (shared by the live and the offline driver)."""
+    if transcript is not None:
+        cpu_ms["asr"] += transcript.compute_ms
+        gate.on_transcript(req.segment_id, replace(transcript, final=req.final), t_ms, req.end_samples)
+        return
+    if cause == "superseded" or cause == "closed":
+        return  # a newer request covers the same audio
+    if on_error is not None and req.final:  # a lost partial only means fewer partials; a lost final is news
+        message = ("transcripts are queued too long: deciding on VAD and stop phrases alone" if cause == "overloaded"
+                   else f"the ASR engine failed on this segment ({req.error})")
+        on_error("asr", cause or "error", message)
+    gate.on_transcript_failed(req.segment_id, req.end_samples, cause or "error", t_ms)
 
 
 class OfflineGateDriver:
     """Synchronous driver on a simulated media clock (tests, benchmark).
 
-    The gate sees each window at ``chunk end + compute time``; a transcript arrives ``compute_ms`` after it was
-    requested. Results that are due are delivered before each new chunk.
+    The gate sees each window at ``chunk end + compute time``. Transcripts go through the same queue as in the
+    server (:class:`~voicegate.asr.scheduler.SimulatedAsr`): a request waits for the decodes before it, and its
+    result arrives when its decode, measured on this machine, would have finished.
     """
 
-    def __init__(self, models: GateModels, gate: Gate, asr: UtteranceAsr) -> None:
+    def __init__(self, models: GateModels, gate: Gate, asr: UtteranceAsr, asr_options: AsrOptions | None = None,
+                 on_error: Callable[[str, str, str], None] | None = None) -> None:
+        opts = asr_options or AsrOptions()
         self.models = models
         self.gate = gate
-        self.asr = asr
-        self._due: list[tuple[float, int, Transcript, int]] = []
+        self.sim = SimulatedAsr(asr, opts.workers, opts.max_wait_ms)
         self.now_ms = 0.0
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
         self.trace: list[tuple[float, float, bool]] = []
         """(media ms at the window's end, VAD probability, voiced) per window."""
+        self.requests: list[tuple[float, int, bool]] = []
+        """(media ms, audio samples, final) per transcript request."""
+        self.on_error = on_error
         gate.request_transcript = self._request
 
     def feed(self, pcm: np.ndarray, chunk_end_ms: float) -> None:
@@ -196,6 +223,7 @@ class OfflineGateDriver:
         for key, value in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms)):
             self.cpu_ms[key] += value
         self.now_ms = chunk_end_ms + result.vad_ms + result.kws_ms + result.echo_ms
+        self.sim.now_ms = max(self.sim.now_ms, self.now_ms)
         for hit in result.hits:
             self.gate.on_keyword(hit, self.now_ms)
         for window in result.windows:
@@ -204,24 +232,44 @@ class OfflineGateDriver:
 
     def deliver(self, until_ms: float) -> None:
         """Hand over every transcript ready by ``until_ms``."""
-        self._due.sort(key=lambda item: item[0])
-        while self._due and self._due[0][0] <= until_ms:
-            ready_ms, segment_id, transcript, end = self._due.pop(0)
-            self.gate.on_transcript(segment_id, transcript, ready_ms, end)
+        self.sim.advance(until_ms)
 
     def _request(self, segment_id: int, start: int, end: int, final: bool) -> None:
-        transcript = self.asr.transcribe(self.models.audio(start, end))
-        self.cpu_ms["asr"] += transcript.compute_ms
-        ready = self.now_ms + transcript.compute_ms
-        self._due.append((ready, segment_id, Transcript(transcript.text, transcript.confidence, final,
-                                                        transcript.compute_ms), end))
+        self.requests.append((self.sim.now_ms, end - start, final))
+        self.sim.submit(AsrRequest("offline", segment_id, end, final, self.models.audio(start, end), self._result))
+
+    def _result(self, req: AsrRequest, transcript: Transcript | None, cause: str | None) -> None:
+        deliver_result(self.gate, self.cpu_ms, req, transcript, cause, self.sim.now_ms, self.on_error)
+
+
+def make_asr(engine: str, options: Options) -> UtteranceAsr:
+    """An ASR engine by name: ``whisper``, ``whisper-padded``, ``vosk`` or ``auto``."""
+    from voicegate.asr.vosk import VoskAsr, find_vosk_model
+    from voicegate.asr.whisper import PaddedWhisperAsr, WhisperAsr
+
+    if engine == "whisper":
+        return WhisperAsr(options.asr)
+    if engine == "whisper-padded":
+        return PaddedWhisperAsr(options.asr.threads)
+    if engine in ("vosk", "auto"):
+        path = find_vosk_model(options.vosk_model)
+        if path is not None:
+            return VoskAsr(path)
+        if engine == "vosk":
+            raise ValueError("no Vosk model: run `make models` where reachable, or set VOICEGATE_VOSK_MODEL")
+        return WhisperAsr(options.asr)
+    raise ValueError(f"unknown ASR engine {engine!r}: choose auto, whisper, whisper-padded or vosk")
 
 
 @functools.cache
 def default_asr() -> UtteranceAsr:
-    """Vosk when a model is configured/found, else Whisper tiny.en (loaded once per process)."""
-    from voicegate.asr.vosk import VoskAsr, find_vosk_model
-    from voicegate.asr.whisper import WhisperAsr
+    """The engine ``VOICEGATE_ASR_ENGINE`` names (default: Vosk when a model is found, else Whisper tiny.en)."""
+    options = options_from_env()
+    return make_asr(options.asr.engine, options)
 
-    path = find_vosk_model()
-    return VoskAsr(path) if path is not None else WhisperAsr()
+
+@functools.cache
+def asr_service() -> AsrService:
+    """The process's transcript workers, shared by every call."""
+    options = options_from_env()
+    return AsrService(default_asr(), options.asr.workers, options.asr.max_wait_ms)

@@ -5,11 +5,18 @@ Policy (every threshold is in :class:`~voicegate.config.GateOptions`):
 1. VAD onset while the bot speaks → the controller pauses the bot at once (no ASR, classifier or LLM).
 2. While paused, the first of these decides:
    - a stop phrase from the keyword spotter → ``interrupt``;
-   - a transcript (partial after ``partial_after_ms`` of speech, or final at the end of the sound) that the
-     relevance judge labels ``interrupt`` → ``interrupt``; one that matches what the bot just said → ``echo``;
+   - a *trusted* partial transcript (streamed every ``partial_interval_ms`` while the sound goes on) that the
+     relevance judge labels ``interrupt``: a stop phrase heard with enough confidence, or a reading the next
+     partial confirms (see :meth:`ReflexGate._trust_partial`). A partial never resumes the bot;
+   - the final transcript (requested at the first silent window, so it is ready when the sound ends): an
+     interrupt → ``interrupt``; one that matches what the bot just said → ``echo``; a backchannel / nothing /
+     a sound the ASR annotated as non-speech (``(coughing)``) / more syllables than the voiced audio could hold
+     → ``backchannel`` / ``noise``;
    - the sound ends after less than ``short_sound_ms`` of voiced audio → ``noise``;
-   - the final transcript is a backchannel / nothing → ``backchannel`` / ``noise``;
-   - the user is still talking after ``verdict_timeout_ms`` → ``interrupt`` (long speech takes the floor).
+   - the user is still talking after ``verdict_timeout_ms`` → ``interrupt`` (long speech takes the floor), unless
+     the latest partial says the sound is not speech (a long laugh keeps the bot paused until it ends);
+   - no transcript can be had (ASR overloaded or failed) → decided on VAD alone: at least
+     ``fallback_interrupt_ms`` of voiced sound → ``interrupt``, less → ``noise``.
 3. ``interrupt`` stops the bot and gives the user the turn; anything else resumes from the paused sample.
 4. The user's turn ends after ``end_of_turn_ms`` of silence; its final transcript goes to the agent.
 """
@@ -19,18 +26,17 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from voicegate.asr.base import Transcript
+from voicegate.asr.base import Transcript, syllables
 from voicegate.asr.kws import KeywordHit
 from voicegate.audio.vad import VadWindow
 from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
-from voicegate.gate.relevance import LexiconJudge, RelevanceJudge
+from voicegate.gate.relevance import STOP_PHRASES, LexiconJudge, Relevance, RelevanceJudge, normalize
 
 log = logging.getLogger(__name__)
 
-PARTIAL_AFTER_MS = 700.0
 PAUSED_HANGOVER_MS = 200.0
 KWS_GRACE_MS = 400.0
 SPECULATE_AFTER_WINDOWS = 1
@@ -82,6 +88,8 @@ class Gate(Protocol):
 
     def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None: ...
 
+    def on_transcript_failed(self, segment_id: int, end_samples: int, cause: str, t_ms: float) -> None: ...
+
 
 @dataclass
 class _Segment:
@@ -93,7 +101,15 @@ class _Segment:
     voiced_ms: float = 0.0
     ended_ms: float | None = None
     end_samples: int | None = None
-    partial_requested: bool = False
+    last_partial_ms: float | None = None
+    reading: str | None = None
+    """The label of the latest partial reading (``interrupt`` / ``backchannel`` / ``ignore`` / ``sound``)."""
+    short_end: bool = False
+    """The sound ended on the short hangover used while a verdict is owed."""
+    partials_off: bool = False
+    """A partial could not be decoded in time: no more partials for this sound (shed load)."""
+    asr_failed: str | None = None
+    """Why the final transcript cannot come (``overloaded``, ``error``): decide on VAD alone."""
     speculative_end: int | None = None
     """End of the transcript requested at the first silent window (used as the final if nothing follows)."""
     speculative: Transcript | None = None
@@ -102,6 +118,8 @@ class _Segment:
     windows: int = 0
     decided: bool = False
     texts: list[str] = field(default_factory=list)
+    keyword: str | None = None
+    """The stop phrase the spotter heard in this sound, if any."""
 
 
 class ReflexGate:
@@ -115,6 +133,9 @@ class ReflexGate:
         self.request_transcript = request_transcript
         self.segment: _Segment | None = None
         self._last_contested: tuple[int, float] | None = None
+        self._stop_lexicon = frozenset(normalize(p) for p in (*STOP_PHRASES, *options.stop_phrases))
+        self._pending_turn: tuple[int, float, str] | None = None
+        """(start sample, end ms, text) of an interrupting turn that may still go on."""
         self._ids = itertools.count(1)
         self.verdicts: list[dict[str, object]] = []
         self.input_lag_ms = 0.0
@@ -130,6 +151,11 @@ class ReflexGate:
 
     def on_window(self, w: VadWindow, t_ms: float) -> None:
         """One VAD window has been classified; ``t_ms`` is the media time at which its result is known."""
+        pending = self._pending_turn
+        if pending is not None and w.event != "start" \
+                and t_ms - pending[1] >= self.options.end_of_turn_ms - PAUSED_HANGOVER_MS:
+            self._pending_turn = None
+            self._emit_turn(pending[2], contested=True)
         if w.event == "start":
             self._start(w, t_ms)
         seg = self.segment
@@ -152,15 +178,14 @@ class ReflexGate:
         seg.silent_windows = 0 if w.voiced else seg.silent_windows + 1
         if seg.contested and not seg.decided:
             if seg.silent_windows == SPECULATE_AFTER_WINDOWS and seg.speculative_end is None \
-                    and seg.voiced_ms >= self.options.short_sound_ms:
+                    and seg.voiced_ms >= self.options.short_sound_ms and seg.asr_failed is None:
                 # Silence begins: transcribe now, so the verdict is ready when the hangover confirms the end.
                 seg.speculative_end = w.end_samples
+                self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, True)
+            elif w.voiced and self._partial_due(seg, t_ms):
+                seg.last_partial_ms = t_ms
                 self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, False)
-            elapsed = t_ms - seg.onset_ms
-            if elapsed >= PARTIAL_AFTER_MS and not seg.partial_requested:
-                seg.partial_requested = True
-                self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, False)
-            if elapsed >= self.options.verdict_timeout_ms:
+            if t_ms - seg.onset_ms >= self.options.verdict_timeout_ms and seg.reading != "sound":
                 self._decide(seg, "interrupt", ["long_speech"], t_ms)
 
     def on_keyword(self, hit: KeywordHit, t_ms: float) -> None:
@@ -170,6 +195,7 @@ class ReflexGate:
             return
         if seg.ended_ms is not None and t_ms - seg.ended_ms > KWS_GRACE_MS:
             return
+        seg.keyword = hit.phrase
         self._decide(seg, "interrupt", [f"stop_phrase:{hit.phrase}"], t_ms)
 
     def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
@@ -184,39 +210,103 @@ class ReflexGate:
         if seg.speculative_end is not None and end_samples == seg.speculative_end:
             seg.speculative = transcript
         final = seg.ended_ms is not None and end_samples == seg.end_samples
-        self._judge(seg, Transcript(transcript.text, transcript.confidence, final, transcript.compute_ms), t_ms)
+        whole = final or end_samples == seg.speculative_end
+        self._judge(seg, replace(transcript, final=final), t_ms, whole=whole)
 
-    def _judge(self, seg: _Segment, transcript: Transcript, t_ms: float) -> None:
+    def on_transcript_failed(self, segment_id: int, end_samples: int, cause: str, t_ms: float) -> None:
+        """No transcript will come for this request (ASR overloaded or failed): decide on VAD alone."""
+        seg = self.segment
+        if seg is None or seg.segment_id != segment_id:
+            return
+        if end_samples not in (seg.speculative_end, seg.end_samples):
+            seg.partials_off = True
+            return
+        seg.asr_failed = cause
+        if seg.ended_ms is None:
+            return  # decided at the end of the sound (or by the long-speech rule meanwhile)
+        if seg.contested and not seg.decided:
+            self._decide_without_transcript(seg, cause, t_ms)
+        elif not seg.contested or seg.decided:
+            self.segment = None  # the turn's words are lost; the agent gets nothing rather than a wrong turn
+
+    def _judge(self, seg: _Segment, transcript: Transcript, t_ms: float, whole: bool = True) -> None:
+        """Act on a transcript; ``whole``: it covers the sound up to its first silent window (a speculative
+        final), so an interruption in it is as trustworthy as in the final one."""
         seg.texts.append(transcript.text)
         self.sink.on_transcript(transcript.text, transcript.final)
         if not seg.contested or seg.decided:
             if transcript.final:
-                self._finish_turn(seg, transcript.text)
+                self._finish_turn(seg, transcript.spoken)
             return
+        judged = self._classify(transcript.spoken)
+        fields: dict[str, object] = {"transcript": transcript.text, "asr_confidence": round(transcript.confidence, 3),
+                                     "relevance": judged.label, "relevance_confidence": round(judged.confidence, 3),
+                                     "asr_ms": round(transcript.compute_ms, 1)}
+        if transcript.nonspeech:
+            seg.reading = "sound"
+            if transcript.final:
+                self._decide(seg, "noise", ["asr_nonspeech"], t_ms, fields=fields)
+            return
+        implausible = syllables(transcript.spoken) > self._max_syllables(seg)
+        doubtful = implausible or (judged.source == "model" and transcript.confidence < self.options.min_asr_confidence
+                                   and seg.voiced_ms < self.options.uncertain_sound_ms)
+        previous, seg.reading = seg.reading, judged.label
+        if not transcript.final:
+            trusted = whole or self._trust_partial(seg, transcript, judged, previous)
+            if judged.label == "interrupt" and not doubtful and trusted \
+                    and not self.sink.is_echo_text(transcript.spoken):
+                reasons = [f"relevance:{judged.source}", "speculative" if whole else "partial"]
+                self._decide(seg, "interrupt", reasons, t_ms, fields=fields)
+            return
+        if judged.label == "interrupt" and doubtful:
+            self._decide(seg, "noise", ["asr_implausible" if implausible else "asr_doubtful"], t_ms, fields=fields)
+        elif judged.label == "interrupt" and self.sink.is_echo_text(transcript.spoken):
+            self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
+        elif judged.label == "interrupt":
+            self._decide(seg, "interrupt", [f"relevance:{judged.source}"], t_ms, have_final=True, fields=fields)
+            self._finish_turn(seg, transcript.spoken)
+        else:
+            label = "backchannel" if judged.label == "backchannel" else "noise"
+            self._decide(seg, label, [f"relevance:{judged.label}"], t_ms, fields=fields)
+
+    def _trust_partial(self, seg: _Segment, transcript: Transcript, judged: Relevance, previous: str | None) -> bool:
+        """May this partial, read as an interruption, stop the bot before the sound ends?
+
+        A partial is cut mid-word and tiny.en fills such gaps with plausible words ("yes" → "Good afternoon."), so
+        one reading alone stops the bot only when it is a stop phrase heard with ``partial_stop_confidence``;
+        otherwise the next transcript of the same sound must read as an interruption too (a confirmed reading).
+        """
+        if judged.source == "lexicon" and transcript.confidence >= self.options.partial_stop_confidence:
+            return True
+        return previous == "interrupt" and seg.voiced_ms >= self.options.uncertain_sound_ms
+
+    def _classify(self, text: str) -> Relevance:
         try:
-            judged = self.judge.classify(transcript.text)
+            return self.judge.classify(text)
         except Exception:
             log.exception("relevance judge failed; using the phrase lexicon for this call")
             self.judge = LexiconJudge()
-            judged = self.judge.classify(transcript.text)
-        fields: dict[str, object] = {"transcript": transcript.text, "asr_confidence": round(transcript.confidence, 3),
-                                     "relevance": judged.label,
-                  "relevance_confidence": round(judged.confidence, 3), "asr_ms": round(transcript.compute_ms, 1)}
-        doubtful = (judged.source == "model" and transcript.confidence < self.options.min_asr_confidence
-                    and seg.voiced_ms < self.options.uncertain_sound_ms)
-        if judged.label == "interrupt" and doubtful:
-            if transcript.final:
-                self._decide(seg, "noise", ["asr_doubtful"], t_ms, fields=fields)
-        elif judged.label == "interrupt" and self.sink.is_echo_text(transcript.text):
-            self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
-        elif judged.label == "interrupt":
-            self._decide(seg, "interrupt", [f"relevance:{judged.source}"], t_ms, have_final=transcript.final,
-                         fields=fields)
-            if transcript.final:
-                self._finish_turn(seg, transcript.text)
-        elif transcript.final:
-            label = "backchannel" if judged.label == "backchannel" else "noise"
-            self._decide(seg, label, [f"relevance:{judged.label}"], t_ms, fields=fields)
+            return self.judge.classify(text)
+
+    def _max_syllables(self, seg: _Segment) -> float:
+        """More syllables than this cannot have been said in the voiced audio (a transcript invented for a
+        cough or a sneeze)."""
+        return self.options.max_syllables_base + self.options.max_syllables_per_sec * seg.voiced_ms / 1000.0
+
+    def _partial_due(self, seg: _Segment, t_ms: float) -> bool:
+        interval = self.options.partial_interval_ms
+        if interval <= 0 or seg.partials_off or seg.asr_failed is not None \
+                or seg.voiced_ms < self.options.short_sound_ms:
+            return False
+        if seg.last_partial_ms is None:
+            return t_ms - seg.onset_ms >= self.options.first_partial_ms
+        return t_ms - seg.last_partial_ms >= interval
+
+    def _decide_without_transcript(self, seg: _Segment, cause: str, t_ms: float) -> None:
+        if seg.voiced_ms >= self.options.fallback_interrupt_ms:
+            self._decide(seg, "interrupt", [f"asr_{cause}", "long_sound"], t_ms)
+        else:
+            self._decide(seg, "noise", [f"asr_{cause}", "short_sound"], t_ms)
 
     # -- internals --------------------------------------------------------------------------------------------
 
@@ -229,6 +319,10 @@ class ReflexGate:
             return
         contested = self.sink.bot_active
         start = max(0, w.segment_start_samples - 3200)
+        if self._pending_turn is not None and not contested:
+            # The user goes on after an interruption that ended on the short hangover: one turn, one transcript.
+            start = min(start, self._pending_turn[0])
+            self._pending_turn = None
         if contested and self._last_contested is not None and t_ms - self._last_contested[1] < EPISODE_JOIN_MS:
             start = min(start, self._last_contested[0])
         self.segment = _Segment(next(self._ids), start, t_ms, contested)
@@ -237,17 +331,23 @@ class ReflexGate:
                                     since_onset_ms=round(since_onset, 1))
 
     def _end(self, seg: _Segment, w: VadWindow, t_ms: float) -> None:
+        seg.short_end = seg.contested and not seg.decided
         seg.ended_ms = t_ms
         seg.end_samples = w.end_samples
         self.sink.on_speech_ended(t_ms, segment_id=seg.segment_id, voiced_ms=round(seg.voiced_ms))
         if seg.contested and not seg.decided and seg.voiced_ms < self.options.short_sound_ms:
             self._decide(seg, "noise", ["short_sound"], t_ms)
             return
+        if seg.asr_failed is not None:
+            if seg.contested and not seg.decided:
+                self._decide_without_transcript(seg, seg.asr_failed, t_ms)
+            else:
+                self.segment = None
+            return
         if seg.speculative_end is not None:
             seg.end_samples = seg.speculative_end
             if seg.speculative is not None:
-                self._judge(seg, Transcript(seg.speculative.text, seg.speculative.confidence, True,
-                                            seg.speculative.compute_ms), t_ms)
+                self._judge(seg, replace(seg.speculative, final=True), t_ms)
             return  # the speculative transcript, when it arrives, is the final one
         self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, True)
 
@@ -269,5 +369,17 @@ class ReflexGate:
         if seg.ended_ms is None:
             return
         self.segment = None
-        if self.judge.classify(text).label != "ignore" or seg.contested:
+        if seg.keyword is not None and len(text.split()) <= 1 and normalize(text) not in self._stop_lexicon:
+            # One short word that the spotter heard as a stop phrase and the transcript as something else
+            # ("stop" → "start"): the spotter's reading wins, so a bare stop command stays a bare stop command.
+            text = seg.keyword
+        if seg.short_end:
+            # The sound ended on the short hangover used while a verdict was owed; the turn ends only after
+            # ``end_of_turn_ms`` of silence ("wait, … how far away is the moon").
+            self._pending_turn = (seg.start_samples, seg.ended_ms, text)
+            return
+        self._emit_turn(text, seg.contested)
+
+    def _emit_turn(self, text: str, contested: bool) -> None:
+        if self.judge.classify(text).label != "ignore" or contested:
             self.sink.on_user_turn_ended(text)

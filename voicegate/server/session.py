@@ -19,11 +19,11 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from voicegate.agent.base import Agent, ReplyRunner
 from voicegate.agent.demo import DemoAssistant
 from voicegate.agent.llm import LlmAgent
-from voicegate.asr.base import UtteranceAsr
+from voicegate.asr.scheduler import AsrService
 from voicegate.config import Options
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
-from voicegate.gate.driver import GateModels, LiveGateDriver, default_asr
+from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service
 from voicegate.gate.reflex import ReflexGate
 from voicegate.gate.relevance import RelevanceJudge, load_judge
 from voicegate.media.inbound import InboundAudio
@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _shared_models() -> tuple[RelevanceJudge, UtteranceAsr]:
-    """The relevance judge and the ASR engine: loaded once per process, shared by every call."""
-    return load_judge(), default_asr()
+def _shared_models() -> tuple[RelevanceJudge, AsrService]:
+    """The relevance judge and the transcript workers: loaded once per process, shared by every call."""
+    return load_judge(), asr_service()
 
 
 
@@ -108,6 +108,12 @@ class Session:
     def _component_failed(self, stage: str, exc: Exception) -> None:
         self.events.emit("error", stage=stage, cause=type(exc).__name__, message=str(exc))
 
+    def _stage_error(self, stage: str, cause: str, message: str) -> None:
+        if cause == "overloaded":
+            log.warning("call=%s %s overloaded: %s (fewer calls per process, or more ASR workers: "
+                        "VOICEGATE_ASR_WORKERS)", self.call_id, stage, message)
+        self.events.emit("error", stage=stage, cause=cause, message=message)
+
     async def _watchdog(self) -> None:
         """Close a call that never connected, whose client went silent (no audio for ``silent_timeout_secs``),
         or that ran too long."""
@@ -137,14 +143,14 @@ class Session:
         loop = asyncio.get_running_loop()
         try:
             models = await loop.run_in_executor(None, GateModels, self.options.gate, self.playout.sample_rate)
-            judge, asr = await loop.run_in_executor(None, _shared_models)
+            judge, service = await loop.run_in_executor(None, _shared_models)
         except Exception as exc:
             log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
             self.events.emit("error", stage="gate", message=str(exc))
             return
         gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
-        self.driver = LiveGateDriver(models, gate, asr, self.tasks, self.clock.now_ms)
-        self.driver.on_error = self._component_failed
+        self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms)
+        self.driver.on_error = self._stage_error
         if models.echo is not None:
             self.playout.frame_sink = models.echo.add_outbound
 
