@@ -96,3 +96,33 @@ def test_bench_rejects_a_bad_manifest_with_a_clear_message(tmp_path: Path) -> No
                            str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "bad.jsonl:1" in proc.stderr and "at_s" in proc.stderr
+
+
+def test_bench_live_plays_scenarios_through_real_calls(tmp_path: Path, shared_data: Path) -> None:
+    """``--live``: each scenario is a real WebRTC call to a ``voicegate serve`` process; figures come from the
+    caller's side and sit beside the simulated ones."""
+    stops = sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))
+    yeses = sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))
+    manifest = tmp_path / "live.jsonl"
+    manifest.write_text("\n".join(json.dumps(d) for d in [
+        {"id": "stop", "label": "interrupt", "audio": str(stops[6]), "at_s": 2.0, "transcript": "stop"},
+        {"id": "yes", "label": "backchannel", "audio": str(yeses[1]), "at_s": 2.0, "transcript": "yes"},
+    ]) + "\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "voicegate", "bench", "--live", "--corpus", str(manifest),
+                           "--out", str(out), "--policies", "voicegate"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    live = {r["id"]: r for r in report["live"]["scenarios"]}
+    assert report["live"]["failed_calls"] == 0 and set(live) == {"stop", "yes"}
+    stop, yes = live["stop"], live["yes"]
+    assert stop["stop_ms"] is not None and stop["stop_ms"] > stop["onset_ms"], "the spoken stop stopped the bot"
+    assert stop["verdict"] == "interrupt"
+    if stop["audible_at_onset"]:
+        assert stop["pause_ms"] is not None and stop["pause_ms"] - stop["onset_ms"] < 1000
+    assert yes["stop_ms"] is None, "a 'yes' does not stop the bot"
+    if yes["pause_ms"] is not None:
+        assert yes["resume_ms"] is not None and yes["resume_ms"] > yes["sound_end_ms"], "…it resumes after it"
+    md = (out / "report.md").read_text()
+    assert "Simulated vs. live" in md and "| figure | simulated | live |" in md

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -82,7 +83,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     policies = tuple(p for item in args.policies for p in item.split(",") if p)
     try:
-        run_bench(args.quick, args.out, args.corpus, policies)
+        run_bench(args.quick, args.out, args.corpus, policies, live=args.live, url=args.url,
+                  live_calls=args.live_calls, token=os.environ.get("VOICEGATE_TOKEN") or None)
     except (ManifestError, ValueError) as exc:
         print(f"voicegate bench: {exc}", file=sys.stderr)
         return 2
@@ -158,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("bench-out"))
     bench.add_argument("--policies", nargs="+", default=["voicegate,vad_only,min_duration,min_words"],
                        help="policies to run (space or comma separated)")
+    bench.add_argument("--live", action="store_true",
+                       help="also play every scenario through a real WebRTC call and report live figures beside "
+                            "the simulated ones")
+    bench.add_argument("--url", default=None, help="with --live: a running voicegate server (default: start one)")
+    bench.add_argument("--live-calls", type=int, default=1, help="with --live: calls placed at once")
     bench.set_defaults(func=_bench)
 
     asr = sub.add_parser("asr-bench", help="transcript engines side by side: compute time, words heard, sounds")

@@ -9,6 +9,7 @@ import asyncio
 import fractions
 import json
 import time
+from collections import deque
 from typing import Any
 
 import aiohttp
@@ -34,6 +35,12 @@ class ClipTrack(MediaStreamTrack):
         self._start: float | None = None
         self._pos = 0
         self.clip_started_at: float | None = None
+        self.clip_started = asyncio.Event()
+        """Set when the first sample of the scheduled clip has been sent."""
+        self.echo: deque[np.ndarray] | None = None
+        """When set (by :meth:`Caller.loop_back`), the bot's received audio is mixed back into the microphone."""
+        self.echo_delay_frames = 0
+        self.echo_gain = 0.0
 
     def schedule(self, pcm: np.ndarray, delay_secs: float) -> None:
         """Play ``pcm`` ``delay_secs`` from now."""
@@ -41,6 +48,7 @@ class ClipTrack(MediaStreamTrack):
         self._pos = 0
         self.delay_samples = self.sent_frames * FRAME + int(delay_secs * RATE)
         self.clip_started_at = None
+        self.clip_started.clear()
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
@@ -57,8 +65,13 @@ class ClipTrack(MediaStreamTrack):
             take = min(FRAME - lead, len(self.pcm) - self._pos)
             if self._pos == 0:
                 self.clip_started_at = time.monotonic() + lead / RATE
+                self.clip_started.set()
             out[lead:lead + take] = self.pcm[self._pos:self._pos + take]
             self._pos += take
+        if self.echo is not None and len(self.echo) > self.echo_delay_frames:
+            # The speaker-to-microphone path of a phone without echo cancellation: delayed, attenuated.
+            leak = self.echo.popleft().astype(np.float32) * self.echo_gain
+            out = np.clip(out.astype(np.float32) + leak, -32768, 32767).astype(np.int16)
         frame = AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = t
@@ -80,6 +93,8 @@ class Caller:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.events: list[dict[str, Any]] = []
         self.bot_frames: list[np.ndarray] = []
+        self.bot_levels: list[tuple[float, float]] = []
+        """(monotonic arrival time, RMS in s16 units) of every frame of the bot's audio received."""
         self.call_id = ""
         self._reader: asyncio.Task[None] | None = None
         self._event_waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
@@ -117,11 +132,24 @@ class Caller:
         try:
             while True:
                 frame = await track.recv()
+                arrived = time.monotonic()
                 self.frames_received += 1
+                data = frame.to_ndarray().reshape(-1)  # type: ignore[union-attr]
+                self.bot_levels.append((arrived, float(np.sqrt(np.mean(data.astype(np.float32) ** 2)))))
                 if self.keep_frames:
-                    self.bot_frames.append(frame.to_ndarray().reshape(-1))  # type: ignore[union-attr]
+                    self.bot_frames.append(data)
+                if self.mic.echo is not None:
+                    channels = len(frame.layout.channels)  # type: ignore[union-attr]
+                    self.mic.echo.append(data.reshape(-1, channels).mean(axis=1) if channels > 1 else data)
         except MediaStreamError:
             pass
+
+    def loop_back(self, delay_ms: float, gain_db: float) -> None:
+        """Mix the bot's received audio back into the microphone ``delay_ms`` later at ``gain_db`` (an echo path
+        with no echo cancellation, as on a speakerphone or a phone line)."""
+        self.mic.echo = deque(maxlen=64)
+        self.mic.echo_delay_frames = max(0, round(delay_ms / (1000 * FRAME / RATE)))
+        self.mic.echo_gain = 10 ** (gain_db / 20)
 
     async def wait_event(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
         for event in self.events:

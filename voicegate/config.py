@@ -77,9 +77,16 @@ class GateOptions:
     """Unclear for this long while the user keeps talking → interrupt (long speech takes the floor)."""
     short_sound_ms: float = 120.0
     """Less voiced audio than this (a click, a knock) is noise → resume at once, without a transcript."""
-    min_asr_confidence: float = 0.3
+    min_asr_confidence: float = 0.25
     """A transcript less certain than this, of less than ``uncertain_sound_ms`` of voice, is noise (a sneeze that
-    Whisper hears as "Come!") unless it is a stop phrase."""
+    Whisper hears as "Come!") unless it is a stop phrase. (Whisper's confidence: mean token probability × (1 −
+    no-speech probability).)"""
+    floor_asr_confidence: float = 0.2
+    """Below this, a transcript is no evidence of an interruption whatever the sound's length, unless it is a stop
+    phrase."""
+    early_stop_confidence: float = 0.3
+    """Before the sound has ended (a partial, or the transcript requested at the first silent window), a reading
+    that is not a stop phrase stops the bot only with at least this confidence; otherwise the final decides."""
     uncertain_sound_ms: float = 500.0
     partial_interval_ms: float = 200.0
     """While a contested sound goes on, a partial transcript every this often (0 = no partials)."""

@@ -84,6 +84,29 @@ async def scrape(url: str, token: str | None = None) -> dict[str, float]:
     return out
 
 
+def stage_cpu(before: dict[str, float], after: dict[str, float], elapsed_secs: float) -> dict[str, float]:
+    """Compute per pipeline stage during the run (``voicegate_stage_cpu_seconds``), in % of one core."""
+    out = {}
+    for key, value in after.items():
+        match = re.match(r'^voicegate_stage_cpu_seconds_total\{stage="([a-z]+)"\}$', key)
+        if match:
+            out[match.group(1)] = round(100 * (value - before.get(key, 0.0)) / max(elapsed_secs, 1e-9), 1)
+    return out
+
+
+def histogram_p95_ms(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    """The bucket bound under which 95 % of the run's observations of a histogram fell (ms)."""
+    total = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    if total <= 0:
+        return None
+    bounds = sorted((float(m.group(1)), key) for key in after
+                    if (m := re.match(rf'^{name}_bucket\{{le="([0-9.]+)"\}}$', key)))
+    for bound, key in bounds:
+        if after[key] - before.get(key, 0.0) >= 0.95 * total:
+            return round(bound * 1000, 1)
+    return None
+
+
 def late_fraction(metrics: dict[str, float], over_secs: float = 0.02) -> float:
     """Fraction of outbound frames produced more than ``over_secs`` late (from the histogram buckets)."""
     total = metrics.get("voicegate_playout_late_seconds_count", 0.0)
@@ -117,6 +140,7 @@ async def run_load(calls: int, secs: float, url: str | None = None) -> dict[str,
     callers = [Caller(base, ClipTrack(), keep_frames=False) for _ in range(calls)]
     try:
         await asyncio.gather(*(c.connect() for c in callers))
+        before = await scrape(base)
         cpu0, t0 = (server.cpu_secs() if server else 0.0), time.monotonic()
         await asyncio.gather(*(_talk(c, phrases, secs, i) for i, c in enumerate(callers)))
         elapsed = time.monotonic() - t0
@@ -136,6 +160,8 @@ async def run_load(calls: int, secs: float, url: str | None = None) -> dict[str,
         "verdict_ms_p50": round(float(np.percentile(verdicts, 50)), 1) if verdicts else None,
         "pauses": len(pauses),
         "server_rss_mb": round(server.rss_mb(), 1) if server else None,
+        "stage_cpu_percent_of_one_core": stage_cpu(before, metrics, elapsed),
+        "asr_queue_wait_ms_p95": histogram_p95_ms(before, metrics, "voicegate_asr_queue_seconds"),
     }
     if server:
         await server.stop()

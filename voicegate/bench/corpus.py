@@ -21,6 +21,7 @@ SYNTH_INTERRUPTS = (
     "can you repeat that", "actually I meant Tuesday", "shut up", "be quiet please", "excuse me",
     "sorry, what was that",
 )
+VOCAL_CLASSES = ("coughing", "laughing", "throat-clearing", "sneezing", "sighing", "panting", "yawning")
 SYNTH_BACKCHANNELS = ("uh-huh", "mm-hmm", "okay", "yeah", "right", "I see", "got it", "sure", "oh wow",
                       "that's great")
 
@@ -36,7 +37,7 @@ class Scenario:
     ``audio`` is the user's clip (any rate/format ``av`` reads), mixed in ``at_s`` seconds after the bot starts
     speaking, at ``gain_db``. Extensions beyond the contract (all optional): ``noise`` (a bed under everything),
     ``noise_gain_db``, ``echo_delay_ms`` / ``echo_gain_db`` (the bot's own voice leaking back; ``echo`` scenarios
-    get a default echo).
+    get a default echo), ``group`` (a finer class reported on its own, e.g. ``vocal``).
     """
 
     id: str
@@ -50,6 +51,8 @@ class Scenario:
     noise_gain_db: float = -20.0
     echo_delay_ms: float | None = None
     echo_gain_db: float = -10.0
+    group: str | None = None
+    """A finer class for the report (e.g. ``vocal`` for non-speech vocal sounds, ``stop_phrase``)."""
 
     def to_json(self, base: Path) -> str:
         """One manifest line, paths relative to ``base`` where possible."""
@@ -83,6 +86,7 @@ def load_manifest(path: Path) -> list[Scenario]:
                 echo_delay_ms=(float(data["echo_delay_ms"]) if "echo_delay_ms" in data
                                else (120.0 if label == "echo" else None)),
                 echo_gain_db=float(data.get("echo_gain_db", -10.0)),
+                group=str(data["group"]) if data.get("group") else None,
             ))
         except ManifestError:
             raise
@@ -141,6 +145,12 @@ def build_builtin(out_dir: Path, quick: bool, shared: Path = SHARED) -> Path:
     for cls in ("person_sneeze", "dog_bark", "clock_tick", "baby_cry", "rooster"):
         for i, path in enumerate(sorted((esc / cls).glob("*.ogg"))[:8]):
             scenarios.append(Scenario(f"{cls}-{i}", "noise", path, at(), float(rng.choice([-12.0, -6.0, 0.0]))))
+    vocal = shared / "noise" / "vocal"
+    for cls in VOCAL_CLASSES:
+        # Non-speech vocal sounds by different speakers (CC BY-NC-ND: read in place, benchmark only).
+        for i, path in enumerate(sorted((vocal / cls).glob("*.flac"))[:6]):
+            scenarios.append(Scenario(f"vocal-{cls}-{i}", "noise", path, at(), float(rng.choice([-6.0, 0.0])),
+                                      group="vocal"))
     for path in sorted((shared / "noise" / "freesound").glob("*.wav")):
         scenarios.append(Scenario(f"freesound-{path.stem}", "noise", path, at(), -6.0))
     for path in beds:

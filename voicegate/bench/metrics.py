@@ -61,3 +61,9 @@ def by_label(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """:func:`summarize` per label."""
     labels = sorted({r["label"] for r in rows})
     return {label: summarize([r for r in rows if r["label"] == label]) for label in labels}
+
+
+def by_group(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """:func:`summarize` per manifest ``group`` (scenarios without one are left out)."""
+    groups = sorted({r["group"] for r in rows if r.get("group")})
+    return {group: summarize([r for r in rows if r.get("group") == group]) for group in groups}

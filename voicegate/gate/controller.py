@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicegate.events import EventBus
+from voicegate.gate.relevance import content_words
 from voicegate.media.playout import PlayoutTrack, UtteranceReport
 from voicegate.tts.base import Speech, Tts
 
@@ -220,11 +221,11 @@ class DuplexController:
 
     def is_echo_text(self, text: str) -> bool:
         """True when ``text`` is mostly words the bot spoke in the last few seconds (its own echo)."""
-        words = _content_words(text)
+        words = content_words(text)
         if len(words) < 2:
             return False
         now = self.events.clock.now_ms()
-        recent = {w for t, said in self._recent_bot_text if now - t < 8000 for w in _content_words(said)}
+        recent = {w for t, said in self._recent_bot_text if now - t < 8000 for w in content_words(said)}
         return sum(w in recent for w in words) / len(words) >= self.echo_similarity
 
     # -- playout listener -------------------------------------------------------------------------------------
@@ -263,18 +264,6 @@ class DuplexController:
         if state is not self.state:
             log.debug("call=%s state %s → %s", self.events.call_id, self.state.value, state.value)
             self.state = state
-
-
-_FUNCTION_WORDS = frozenset(
-    "the a an and or but so of to in on at by for from with about as is are was were be been it its this that these "
-    "those there their they them you your we our i me my he she his her can could would will shall should do does "
-    "did have has had not no yes what when where which who how why just than then very".split())
-
-
-def _content_words(text: str) -> list[str]:
-    from voicegate.gate.relevance import normalize
-
-    return [w for w in normalize(text).split() if w not in _FUNCTION_WORDS and len(w) > 2]
 
 
 def _resampled(speech: Speech, sample_rate: int) -> Speech:

@@ -133,6 +133,8 @@ class LiveGateDriver:
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
         self.on_error: Callable[[str, str, str], None] | None = None
         """``(stage, cause, message)`` for a component that failed or is overloaded."""
+        self.on_cpu: Callable[[str, float, float | None], None] | None = None
+        """``(stage, compute ms, queue wait ms)`` after each chunk and each decode (metrics)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -142,9 +144,10 @@ class LiveGateDriver:
         result = await loop.run_in_executor(self.executor, self.models.step, pcm, self.gate.hangover_ms)
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
-        self.cpu_ms["vad"] += result.vad_ms
-        self.cpu_ms["kws"] += result.kws_ms
-        self.cpu_ms["echo"] += result.echo_ms
+        for stage, ms in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms)):
+            self.cpu_ms[stage] += ms
+            if self.on_cpu is not None:
+                self.on_cpu(stage, ms, None)
         now = self.now_ms()
         for hit in result.hits:
             self.gate.on_keyword(hit, now)
@@ -167,6 +170,9 @@ class LiveGateDriver:
     def _result(self, req: AsrRequest, transcript: Transcript | None, cause: str | None) -> None:
         if self._closed:
             return
+        if transcript is not None and self.on_cpu is not None:
+            wait = req.started_ms - req.requested_ms if req.started_ms is not None else None
+            self.on_cpu("asr", transcript.compute_ms, wait)
         deliver_result(self.gate, self.cpu_ms, req, transcript, cause, self.now_ms(), self.on_error)
 
     def close(self) -> None:

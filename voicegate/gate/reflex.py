@@ -7,7 +7,7 @@ Policy (every threshold is in :class:`~voicegate.config.GateOptions`):
    - a stop phrase from the keyword spotter → ``interrupt``;
    - a *trusted* partial transcript (streamed every ``partial_interval_ms`` while the sound goes on) that the
      relevance judge labels ``interrupt``: a stop phrase heard with enough confidence, or a reading the next
-     partial confirms (see :meth:`ReflexGate._trust_partial`). A partial never resumes the bot;
+     partial confirms (see :meth:`ReflexGate._trust_early`). A partial never resumes the bot;
    - the final transcript (requested at the first silent window, so it is ready when the sound ends): an
      interrupt → ``interrupt``; one that matches what the bot just said → ``echo``; a backchannel / nothing /
      a sound the ASR annotated as non-speech (``(coughing)``) / more syllables than the voiced audio could hold
@@ -33,7 +33,7 @@ from voicegate.asr.base import Transcript, syllables
 from voicegate.asr.kws import KeywordHit
 from voicegate.audio.vad import VadWindow
 from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
-from voicegate.gate.relevance import STOP_PHRASES, LexiconJudge, Relevance, RelevanceJudge, normalize
+from voicegate.gate.relevance import STOP_PHRASES, LexiconJudge, Relevance, RelevanceJudge, content_words, normalize
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ class _Segment:
     last_partial_ms: float | None = None
     reading: str | None = None
     """The label of the latest partial reading (``interrupt`` / ``backchannel`` / ``ignore`` / ``sound``)."""
+    reading_words: frozenset[str] = frozenset()
+    reading_confidence: float = 0.0
     short_end: bool = False
     """The sound ended on the short hangover used while a verdict is owed."""
     partials_off: bool = False
@@ -196,6 +198,10 @@ class ReflexGate:
         if seg.ended_ms is not None and t_ms - seg.ended_ms > KWS_GRACE_MS:
             return
         seg.keyword = hit.phrase
+        if seg.reading == "sound":
+            # The transcripts of this very sound say it is not speech ("*sigh*"): a spotter hit alone is not
+            # enough; the next transcript decides (it still stops if it reads as an interruption).
+            return
         self._decide(seg, "interrupt", [f"stop_phrase:{hit.phrase}"], t_ms)
 
     def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
@@ -248,17 +254,27 @@ class ReflexGate:
                 self._decide(seg, "noise", ["asr_nonspeech"], t_ms, fields=fields)
             return
         implausible = syllables(transcript.spoken) > self._max_syllables(seg)
-        doubtful = implausible or (judged.source == "model" and transcript.confidence < self.options.min_asr_confidence
-                                   and seg.voiced_ms < self.options.uncertain_sound_ms)
-        previous, seg.reading = seg.reading, judged.label
+        opts = self.options
+        doubtful = implausible or (judged.source == "model" and (
+            transcript.confidence < opts.floor_asr_confidence
+            or (transcript.confidence < opts.min_asr_confidence and seg.voiced_ms < opts.uncertain_sound_ms)))
+        previous = (seg.reading, seg.reading_words, seg.reading_confidence)
+        seg.reading, seg.reading_words = judged.label, frozenset(content_words(transcript.spoken))
+        seg.reading_confidence = transcript.confidence
         if not transcript.final:
-            trusted = whole or self._trust_partial(seg, transcript, judged, previous)
+            trusted = self._trust_early(seg, transcript, judged, previous, whole)
             if judged.label == "interrupt" and not doubtful and trusted \
                     and not self.sink.is_echo_text(transcript.spoken):
                 reasons = [f"relevance:{judged.source}", "speculative" if whole else "partial"]
                 self._decide(seg, "interrupt", reasons, t_ms, fields=fields)
             return
-        if judged.label == "interrupt" and doubtful:
+        if judged.label == "interrupt" and doubtful and not implausible \
+                and seg.voiced_ms >= opts.fallback_interrupt_ms:
+            # Unclear words, but as much voiced sound as a peer's duration rule stops for, and not a sound the ASR
+            # annotated as non-speech: the user is saying something — give them the floor.
+            self._decide(seg, "interrupt", ["asr_unclear", "long_sound"], t_ms, have_final=True, fields=fields)
+            self._finish_turn(seg, transcript.spoken)
+        elif judged.label == "interrupt" and doubtful:
             self._decide(seg, "noise", ["asr_implausible" if implausible else "asr_doubtful"], t_ms, fields=fields)
         elif judged.label == "interrupt" and self.sink.is_echo_text(transcript.spoken):
             self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
@@ -269,16 +285,26 @@ class ReflexGate:
             label = "backchannel" if judged.label == "backchannel" else "noise"
             self._decide(seg, label, [f"relevance:{judged.label}"], t_ms, fields=fields)
 
-    def _trust_partial(self, seg: _Segment, transcript: Transcript, judged: Relevance, previous: str | None) -> bool:
-        """May this partial, read as an interruption, stop the bot before the sound ends?
+    def _trust_early(self, seg: _Segment, transcript: Transcript, judged: Relevance,
+                     previous: tuple[str | None, frozenset[str], float], whole: bool) -> bool:
+        """May this reading, an interruption, stop the bot before the sound has ended?
 
         A partial is cut mid-word and tiny.en fills such gaps with plausible words ("yes" → "Good afternoon."), so
-        one reading alone stops the bot only when it is a stop phrase heard with ``partial_stop_confidence``;
-        otherwise the next transcript of the same sound must read as an interruption too (a confirmed reading).
+        one reading stops the bot early only when it is a stop phrase (in a partial: heard with
+        ``partial_stop_confidence``), or covers the whole sound so far with ``early_stop_confidence``. Otherwise
+        the reading must be *confirmed*: the previous reading of the same sound was an interruption too, both
+        above ``floor_asr_confidence``, sharing a content word ("Actually, I'm in" → "Actually, I meant") —
+        invented words for a cough change from one reading to the next ("I have to straight." → "At the straight.").
+        The final transcript decides whatever is left.
         """
-        if judged.source == "lexicon" and transcript.confidence >= self.options.partial_stop_confidence:
+        opts = self.options
+        if judged.source == "lexicon":
+            return whole or transcript.confidence >= opts.partial_stop_confidence
+        if whole and transcript.confidence >= opts.early_stop_confidence:
             return True
-        return previous == "interrupt" and seg.voiced_ms >= self.options.uncertain_sound_ms
+        label, words, confidence = previous
+        return (label == "interrupt" and min(confidence, transcript.confidence) >= opts.floor_asr_confidence
+                and bool(words & seg.reading_words))
 
     def _classify(self, text: str) -> Relevance:
         try:

@@ -72,6 +72,17 @@ def normalize(text: str) -> str:
     return out
 
 
+_FUNCTION_WORDS = frozenset(
+    "the a an and or but so of to in on at by for from with about as is are was were be been it its this that these "
+    "those there their they them you your we our i me my he she his her can could would will shall should do does "
+    "did have has had not no yes what when where which who how why just than then very".split())
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` (normalised) that carry content: no function words, at least three letters."""
+    return [w for w in normalize(text).split() if w not in _FUNCTION_WORDS and len(w) > 2]
+
+
 @dataclass(frozen=True)
 class Relevance:
     """One judgement."""

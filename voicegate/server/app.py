@@ -136,6 +136,7 @@ async def offer(request: web.Request) -> web.Response:
     metrics.active_sessions.set(len(sessions))
     session.events.add_listener(metrics.observe)
     session.playout.late_observer = metrics.playout_late.observe
+    session.cpu_observer = metrics.observe_stage
     for hook in request.app[SESSION_HOOK]:
         hook(session)
     try:

@@ -34,6 +34,12 @@ class Metrics:
         self.playout_late = Histogram("voicegate_playout_late_seconds",
                                       "How late each outbound 20 ms frame left against its media clock",
                                       buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32), registry=r)
+        self.stage_cpu = Counter("voicegate_stage_cpu_seconds", "Compute per pipeline stage (vad, kws, echo, asr)",
+                                 ["stage"], registry=r)
+        self.asr_wait = Histogram("voicegate_asr_queue_seconds", "Time a transcript request waited for a worker",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.asr_decode = Histogram("voicegate_asr_decode_seconds", "Compute time of one transcript decode",
+                                    buckets=LATENCY_BUCKETS, registry=r)
         self.threads = Gauge("voicegate_threads", "Python threads", registry=r)
         self.threads.set_function(threading.active_count)
         self.tasks = Gauge("voicegate_asyncio_tasks", "Pending asyncio tasks", registry=r)
@@ -54,6 +60,14 @@ class Metrics:
                 self.tts_latency.observe(event["tts_ms"] / 1000)
         elif kind == "error":
             self.errors.labels(event.get("stage", "unknown")).inc()
+
+    def observe_stage(self, stage: str, ms: float, wait_ms: float | None = None) -> None:
+        """Account ``ms`` of compute to ``stage`` (and, for a decode, how long it waited in the queue)."""
+        self.stage_cpu.labels(stage).inc(ms / 1000)
+        if stage == "asr":
+            self.asr_decode.observe(ms / 1000)
+            if wait_ms is not None:
+                self.asr_wait.observe(wait_ms / 1000)
 
     def render(self) -> bytes:
         """The exposition text."""

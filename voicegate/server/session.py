@@ -67,6 +67,8 @@ class Session:
         self.controller.echo_similarity = options.gate.echo_similarity
         self.controller.on_user_turn = self.agent.user_turn
         self.driver: LiveGateDriver | None = None
+        self.cpu_observer: Callable[[str, float, float | None], None] | None = None
+        """Set by the server: receives the compute of every stage (``/metrics``)."""
         self.inbound: InboundAudio | None = None
         self.inbound_sum_squares = 0.0
         self._blackholes: list[MediaBlackhole] = []
@@ -151,6 +153,7 @@ class Session:
         gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
         self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms)
         self.driver.on_error = self._stage_error
+        self.driver.on_cpu = self.cpu_observer
         if models.echo is not None:
             self.playout.frame_sink = models.echo.add_outbound
 
