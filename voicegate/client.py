@@ -18,6 +18,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from voicegate.media.inbound import shorten_jitter_buffer
+
 RATE = 48_000
 FRAME = 960
 
@@ -84,8 +86,9 @@ class Caller:
     """One WebRTC call to a voicegate server, as an independent client would make it."""
 
     def __init__(self, base_url: str, mic: ClipTrack | None = None, token: str | None = None,
-                 keep_frames: bool = True) -> None:
+                 keep_frames: bool = True, jitter_frames: int = 1) -> None:
         self.base_url = base_url
+        self.jitter_frames = jitter_frames
         self.token = token
         self.keep_frames = keep_frames
         self.frames_received = 0
@@ -114,6 +117,10 @@ class Caller:
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            # Like a browser on a LAN (adaptive jitter buffer of a frame or two), not aiortc's fixed 80 ms.
+            for receiver in self.pc.getReceivers():
+                if receiver.track is track:
+                    shorten_jitter_buffer(receiver, self.jitter_frames)
             self._reader = asyncio.ensure_future(self._read(track))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())

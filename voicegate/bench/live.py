@@ -7,7 +7,8 @@ what comes back: the arrival time and level of every 20 ms frame of the bot's vo
 channel. From those alone (a black box):
 
 - ``time_to_pause_ms``: speech onset in the clip → the first inbound frame of a silent stretch (≥ 100 ms), for
-  scenarios where the bot was audible just before the onset (an onset in a natural pause has no pause to see);
+  scenarios where the bot was audible just before the onset (an onset in a natural pause has no pause to see)
+  and the server said it paused or stopped (so a gap between sentences is not taken for a pause);
 - ``stop_ms``: the ``bot.stopped`` event's arrival; ``verdict_ms``: the first ``gate.verdict``'s arrival;
 - ``resume_ms``: the bot audible again after that silence (non-interruptions).
 
@@ -101,7 +102,9 @@ def measure(sc: Scenario, clip: LiveClip, t0: float, levels: list[tuple[float, f
 
     before = (times >= onset - AUDIBLE_BEFORE_MS) & (times < onset)
     audible_at_onset = bool(before.any() and (~silent[before]).any())
-    pause = _silent_run_start(times, silent, onset) if audible_at_onset else None
+    # Silence the server caused (it says so on the data channel), not a gap between the bot's sentences.
+    paused = arrival("bot.paused") is not None or arrival("bot.stopped") is not None
+    pause = _silent_run_start(times, silent, onset) if audible_at_onset and paused else None
     stop = arrival("bot.stopped")
     resume = None
     if pause is not None and stop is None:
@@ -158,7 +161,7 @@ async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, toke
     """Run the live pass (starting ``voicegate serve`` unless ``url`` is given) and summarise it."""
     from tqdm import tqdm
 
-    from voicegate.bench.metrics import by_group, by_label, summarize
+    from voicegate.bench.metrics import by_group, by_label, percentiles, summarize
     from voicegate.load import start_server
 
     server = None if url else await start_server(calls + 1)
@@ -178,7 +181,9 @@ async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, toke
         r["stop_phrase"] = r["id"] in stop_phrase_ids
     metrics = {**summarize(ok), "per_label": by_label(ok), "per_group": by_group(ok)}
     metrics.pop("apt_s", None)  # the caller cannot see how much the bot still had to say
+    server_pause = [r["server_pause_ms"] for r in ok if r["label"] == "interrupt" and r["server_pause_ms"] is not None]
     out: dict[str, Any] = {
+        "server_pause": percentiles(server_pause),
         "url": url or "started here", "calls_at_once": calls, "scenarios": rows, "metrics": metrics,
         "failed_calls": len(rows) - len(ok),
         "time_to_pause_excluded": sum(1 for r in ok if r["label"] == "interrupt" and not r["audible_at_onset"]),
@@ -205,6 +210,7 @@ def render_live(report: dict[str, Any]) -> list[str]:
         return f"{m[key]['p50']} / {m[key]['p95']}"
 
     rows = [("time to pause p50 / p95 ms (interrupts)", pp(sim, "time_to_pause_ms"), pp(lm, "time_to_pause_ms")),
+            ("server-side onset → pause p50 / p95 ms (`bot.paused.since_onset_ms`)", "—", pp(live, "server_pause")),
             ("verdict latency p50 / p95 ms", pp(sim, "verdict_latency_ms"), pp(lm, "verdict_latency_ms")),
             ("stop phrases: stop after the phrase ends, p50 / p95 ms", pp(sim, "stop_phrase_verdict_after_end_ms"),
              pp(lm, "stop_phrase_verdict_after_end_ms")),

@@ -73,10 +73,17 @@ class _NullTts:
 
 
 def speech_onset_ms(clip: np.ndarray) -> float | None:
-    """Start of the first 32 ms window in which Silero hears speech in the clean clip (None: no speech)."""
+    """Start of the first 32 ms window in which Silero hears speech in the clean clip (None: no speech).
+
+    Silero runs over a second of silence first, as it does in a live stream: a fresh model state needs a few
+    windows to warm up and would place the onset up to ~200 ms late (making every latency look shorter).
+    """
     from voicegate.audio.vad import WINDOW_MS, WINDOW_SAMPLES, SileroVad
 
     vad = SileroVad()
+    silence = np.zeros(WINDOW_SAMPLES, np.int16)
+    for _ in range(32):
+        vad(silence)
     for i in range(len(clip) // WINDOW_SAMPLES):
         if vad(clip[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES]) >= 0.5:
             return i * WINDOW_MS

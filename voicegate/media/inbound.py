@@ -17,6 +17,25 @@ from voicegate.events import MediaClock
 log = logging.getLogger(__name__)
 
 
+def shorten_jitter_buffer(receiver: object, frames: int) -> bool:
+    """Make an aiortc audio receiver hand each packet on after ``frames`` newer ones (aiortc's default is 4, i.e.
+    80 ms added to every packet before anyone hears it).
+
+    aiortc 1.16 has no option for this, so the receiver's jitter buffer is replaced before media flows. The gate
+    analyses this audio rather than playing it, so a late or reordered packet costs at most one 20 ms window.
+    Returns False (and changes nothing) when the receiver does not look as expected.
+    """
+    from aiortc.jitterbuffer import JitterBuffer
+
+    name = "_RTCRtpReceiver__jitter_buffer"
+    current = getattr(receiver, name, None)
+    if not isinstance(current, JitterBuffer) or getattr(current, "_is_video", True):
+        log.warning("cannot shorten the inbound jitter buffer of %r: aiortc changed; keeping its default", receiver)
+        return False
+    setattr(receiver, name, JitterBuffer(capacity=current.capacity, prefetch=max(0, frames)))
+    return True
+
+
 @dataclass(frozen=True)
 class PcmChunk:
     """A piece of the caller's audio at 16 kHz mono s16."""

@@ -26,7 +26,7 @@ from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service
 from voicegate.gate.reflex import ReflexGate
 from voicegate.gate.relevance import RelevanceJudge, load_judge
-from voicegate.media.inbound import InboundAudio
+from voicegate.media.inbound import InboundAudio, shorten_jitter_buffer
 from voicegate.media.playout import PlayoutTrack
 from voicegate.tasks import TaskOwner
 from voicegate.tts.base import Tts
@@ -161,6 +161,9 @@ class Session:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self.inbound is None:
+            for receiver in self.pc.getReceivers():
+                if receiver.track is track:
+                    shorten_jitter_buffer(receiver, self.options.server.inbound_jitter_frames)
             self.inbound = InboundAudio(track, self.clock)
             self.tasks.spawn(self.inbound.run(), "inbound")
             self.tasks.spawn(self._consume(self.inbound), "gate")
