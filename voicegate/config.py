@@ -91,9 +91,9 @@ class GateOptions:
     """Before the sound has ended (a partial, or the transcript requested at the first silent window), a reading
     that is not a stop phrase stops the bot only with at least this confidence; otherwise the final decides."""
     uncertain_sound_ms: float = 500.0
-    partial_interval_ms: float = 200.0
+    partial_interval_ms: float = 250.0
     """While a contested sound goes on, a partial transcript every this often (0 = no partials)."""
-    first_partial_ms: float = 250.0
+    first_partial_ms: float = 400.0
     """The first partial, this long after the onset."""
     partial_stop_confidence: float = 0.35
     """A stop phrase in a single partial stops the bot when the ASR is at least this confident; any other

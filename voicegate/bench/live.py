@@ -10,7 +10,8 @@ channel. From those alone (a black box):
   scenarios where the bot was audible just before the onset (an onset in a natural pause has no pause to see)
   and the server said it paused or stopped (so a gap between sentences is not taken for a pause);
 - ``stop_ms``: the ``bot.stopped`` event's arrival; ``verdict_ms``: the first ``gate.verdict``'s arrival;
-- ``resume_ms``: the bot audible again after that silence (non-interruptions).
+- ``resume_ms``: the bot audible again after that silence (non-interruptions) — later than the resume itself when
+  the bot's speech resumes inside a pause between its own words, so ``bot.resumed``'s arrival is reported too.
 
 Times are relative to the first sample of the scenario's microphone signal, on this machine's monotonic clock.
 """
@@ -118,6 +119,7 @@ def measure(sc: Scenario, clip: LiveClip, t0: float, levels: list[tuple[float, f
         "verdict": next((e["label"] for e in after if e["type"] == "gate.verdict"), None),
         "reasons": next((e["reasons"] for e in after if e["type"] == "gate.verdict"), []),
         "server_pause_ms": next((e["since_onset_ms"] for e in after if e["type"] == "bot.paused"), None),
+        "resume_event_ms": arrival("bot.resumed") if stop is None else None,
         "audible_at_onset": audible_at_onset, "remaining_at_stop_s": 0.0,
         "bot_after_onset_s": round(loud_after * 0.02, 3), "stop_phrase": False,
     }
@@ -182,8 +184,11 @@ async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, toke
     metrics = {**summarize(ok), "per_label": by_label(ok), "per_group": by_group(ok)}
     metrics.pop("apt_s", None)  # the caller cannot see how much the bot still had to say
     server_pause = [r["server_pause_ms"] for r in ok if r["label"] == "interrupt" and r["server_pause_ms"] is not None]
+    resumed = [r["resume_event_ms"] - r["sound_end_ms"] for r in ok
+               if r["label"] != "interrupt" and r.get("resume_event_ms") is not None and r["sound_end_ms"] > 0]
     out: dict[str, Any] = {
         "server_pause": percentiles(server_pause),
+        "resume_event_after_sound_end": percentiles(resumed),
         "url": url or "started here", "calls_at_once": calls, "scenarios": rows, "metrics": metrics,
         "failed_calls": len(rows) - len(ok),
         "time_to_pause_excluded": sum(1 for r in ok if r["label"] == "interrupt" and not r["audible_at_onset"]),
@@ -216,6 +221,8 @@ def render_live(report: dict[str, Any]) -> list[str]:
              pp(lm, "stop_phrase_verdict_after_end_ms")),
             ("bot speaking again after the sound ends, p50 / p95 ms", pp(sim, "resume_after_sound_end_ms"),
              pp(lm, "resume_after_sound_end_ms")),
+            ("`bot.resumed` received after the sound ends, p50 / p95 ms", pp(sim, "resume_after_sound_end_ms"),
+             pp(live, "resume_event_after_sound_end")),
             ("silence caused (pause → resume), p50 / p95 ms", pp(sim, "resume_gap_ms"), pp(lm, "resume_gap_ms")),
             ("false stops", str(sim["false_stop_rate"]), str(lm["false_stop_rate"])),
             ("missed stops", str(sim["missed_stop_rate"]), str(lm["missed_stop_rate"]))]

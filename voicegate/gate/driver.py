@@ -110,8 +110,10 @@ class GateModels:
         end = min(end_samples, self.position)
         if end <= start:
             return np.zeros(0, dtype=np.int16)
-        indices = np.arange(start, end) % size
-        return self._ring[indices]
+        a, b = start % size, end % size
+        if a < b:
+            return self._ring[a:b].copy()
+        return np.concatenate([self._ring[a:], self._ring[:b]])
 
 
 class LiveGateDriver:
