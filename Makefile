@@ -12,13 +12,15 @@ APT_PACKAGES := espeak-ng chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VOSK_MODEL := vosk-model-small-en-us-0.15
 
-.PHONY: install run-demo test lint bench bench-quick models relevance-model clean help
+.PHONY: install run-demo test lint bench bench-quick bench-live asr-bench models relevance-model clean help
 
 help:
 	@echo "make run-demo   install what is missing, then serve the demo on http://$(HOST):$(PORT)"
 	@echo "make test       install what is missing, then run the test suite"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      barge-in benchmark (full corpus); make bench-quick for --quick"
+	@echo "make bench-live the quick corpus simulated and through real WebRTC calls, side by side"
+	@echo "make asr-bench  transcript engines side by side on the shared recordings"
 	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
 
 install: $(STAMPS)/apt $(STAMPS)/venv
@@ -58,6 +60,12 @@ bench: install
 
 bench-quick: install
 	$(VENV)/bin/voicegate bench --quick
+
+bench-live: install
+	$(VENV)/bin/voicegate bench --quick --live --policies voicegate --out bench-out/live-quick
+
+asr-bench: install
+	$(VENV)/bin/voicegate asr-bench
 
 # The relevance model is committed; this rebuilds it reproducibly from ../shared/data/text.
 relevance-model: install

@@ -155,7 +155,9 @@ async def run_live(base_url: str, scenarios: list[Scenario], calls: int = 1, tok
 
 
 LIVE_TARGETS = {"stop_phrase_verdict_after_end_ms.p95": 300.0, "resume_after_sound_end_ms.p50": 400.0,
-                "resume_after_sound_end_ms.p95": 700.0, "time_to_pause_ms.p95": 100.0}
+                "resume_after_sound_end_ms.p95": 700.0}
+"""The transcript stage's live targets. Time to pause has its target on the simulated pipeline (p95 ≤ 100 ms); the
+caller-side figure adds the transport (packetisation and jitter buffers both ways) and is reported beside it."""
 
 
 async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, token: str | None,
