@@ -58,7 +58,7 @@ def test_manifest_paths_resolve_against_its_folder_and_errors_name_the_line(tmp_
 
 
 def test_bench_runs_a_manifest_and_writes_the_report(tmp_path: Path, shared_data: Path) -> None:
-    stop = sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))[0]
+    stop = sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))[7]  # spotter and Whisper both hear it
     sneeze = sorted((shared_data / "noise/esc10/audio/person_sneeze").glob("*.ogg"))[0]
     manifest = tmp_path / "held_out.jsonl"
     manifest.write_text("\n".join(json.dumps(d) for d in [
@@ -105,8 +105,8 @@ def test_bench_live_plays_scenarios_through_real_calls(tmp_path: Path, shared_da
     yeses = sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))
     manifest = tmp_path / "live.jsonl"
     manifest.write_text("\n".join(json.dumps(d) for d in [
-        {"id": "stop", "label": "interrupt", "audio": str(stops[6]), "at_s": 2.0, "transcript": "stop"},
-        {"id": "yes", "label": "backchannel", "audio": str(yeses[1]), "at_s": 2.0, "transcript": "yes"},
+        {"id": "stop", "label": "interrupt", "audio": str(stops[7]), "at_s": 2.0, "transcript": "stop"},
+        {"id": "yes", "label": "backchannel", "audio": str(yeses[6]), "at_s": 2.0, "transcript": "yes"},
     ]) + "\n")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "voicegate", "bench", "--live", "--corpus", str(manifest),

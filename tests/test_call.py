@@ -97,7 +97,9 @@ async def _call_with_clip(server: TestServer, clip16k: np.ndarray) -> Caller:
 
 
 async def test_real_call_pause_then_stop_on_spoken_stop(server: TestServer, shared_data) -> None:  # type: ignore[no-untyped-def]
-    clip = load_audio(sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))[0], 16_000)
+    # A recording both detectors hear on every CPU tried (spotter hit, Whisper "Stop."): this test is about the
+    # plumbing of a real call; hearing rates over many recordings are in test_gate / test_asr.
+    clip = load_audio(sorted((shared_data / "speech/speech_commands/stop").glob("*.wav"))[7], 16_000)
     caller = await _call_with_clip(server, clip)
     try:
         paused = await caller.wait_event("bot.paused", timeout=10)
@@ -119,7 +121,7 @@ async def test_real_call_pause_then_stop_on_spoken_stop(server: TestServer, shar
 
 
 async def test_real_call_pause_then_resume_on_backchannel(server: TestServer, shared_data) -> None:  # type: ignore[no-untyped-def]
-    clip = load_audio(sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))[0], 16_000)
+    clip = load_audio(sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))[6], 16_000)
     caller = await _call_with_clip(server, clip)
     try:
         await caller.wait_event("bot.paused", timeout=10)

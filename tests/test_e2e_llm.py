@@ -78,11 +78,15 @@ async def test_question_answer_stop_and_honest_history(llm_server, shared_data: 
         await caller.wait_event("bot.stopped", timeout=10)
         llm.reply = "Sorry."
         await asyncio.sleep(2.0)
-        heard_stop = [e["text"] for e in caller.events if e["type"] == "asr.final"][-1]
-        if normalize(spoken_text(heard_stop)) in {normalize(p) for p in STOP_PHRASES}:
+        heard_stop = spoken_text([e["text"] for e in caller.events if e["type"] == "asr.final"][-1])
+        spotted = any(e["type"] == "gate.verdict" and any(r.startswith("stop_phrase:") for r in e["reasons"])
+                      for e in caller.events)
+        stop_phrases = {normalize(p) for p in STOP_PHRASES}
+        bare = normalize(heard_stop) in stop_phrases or (spotted and len(heard_stop.split()) == 1)
+        if bare:  # heard as a stop phrase, or the spotter heard "stop" where tiny.en heard one other word ("start.")
             assert len(llm.requests) == 1, "a bare 'stop' is not sent to the LLM"
-        else:  # tiny.en misheard the recording on this CPU ("start."): what it heard is a turn of its own
-            assert len(llm.requests) == 2 and llm.requests[1]["messages"][-1]["content"] == spoken_text(heard_stop)
+        else:  # tiny.en misheard the recording on this CPU: what it heard is a turn of its own
+            assert len(llm.requests) == 2 and llm.requests[1]["messages"][-1]["content"] == heard_stop
         asked = len(llm.requests)
         llm.reply = "Madrid."
         await _say(caller, "And what about Spain?")
