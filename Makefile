@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMPS := .stamps
 HOST ?= 127.0.0.1
 PORT ?= 8080
-APT_PACKAGES := espeak-ng chromium chromium-driver
+APT_PACKAGES := espeak-ng chromium chromium-driver g++ libwebrtc-audio-processing-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VOSK_MODEL := vosk-model-small-en-us-0.15
 
@@ -23,9 +23,12 @@ help:
 	@echo "make asr-bench  transcript engines side by side on the shared recordings"
 	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
 
-install: $(STAMPS)/apt $(STAMPS)/venv
+AEC_LIB := voicegate/audio/_vg_aec.so
 
-# Debian packages: espeak-ng (TTS), chromium + chromium-driver (browser tests).
+install: $(STAMPS)/apt $(STAMPS)/venv $(AEC_LIB)
+
+# Debian packages: espeak-ng (TTS), chromium + chromium-driver (browser tests), WebRTC's audio processing module
+# and g++ (the echo canceller's C shim).
 $(STAMPS)/apt:
 	@mkdir -p $(STAMPS)
 	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "apt: $(APT_PACKAGES) present"; else \
@@ -41,6 +44,11 @@ $(STAMPS)/venv: pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	@touch $@
+
+# The echo canceller: a small C shim over Debian's libwebrtc-audio-processing, loaded with ctypes.
+$(AEC_LIB): voicegate/audio/vg_aec.cpp $(STAMPS)/apt
+	g++ -O2 -shared -fPIC -std=c++11 -DWEBRTC_POSIX -DWEBRTC_AUDIO_PROCESSING_ONLY_BUILD \
+		-I/usr/include/webrtc_audio_processing $< -o $@ -lwebrtc_audio_processing
 
 run-demo: install
 	@echo "voicegate demo: open http://$(HOST):$(PORT)/ in a browser"
@@ -80,4 +88,4 @@ models: relevance-model
 	fi
 
 clean:
-	rm -rf $(STAMPS) bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(STAMPS) bench-out .pytest_cache .mypy_cache .ruff_cache $(AEC_LIB)

@@ -113,6 +113,8 @@ class GateOptions:
     """Transcript/played-text word overlap above which speech is the bot's own echo."""
     echo_correlation: float = 0.5
     """Normalised cross-correlation with the recent outbound audio above which a window is echo."""
+    echo_cancel: bool = True
+    """Subtract the bot's own voice before VAD, keyword spotting and ASR (the echo guard keeps the raw signal)."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,18 @@
-"""Server-side echo guard: is an inbound window the bot's own voice coming back?
+"""The bot's own voice coming back: recognise it (the echo guard) and remove it (the canceller).
 
-The gate knows exactly what it played. Each outbound frame is kept (resampled to 16 kHz) for the last
-``max_delay_ms``. Voiced speech correlates with *any* voiced speech at some lag (pitch pulses line up), so a high
+The gate knows exactly what it played. :class:`EchoControl` keeps the outbound signal (resampled to 16 kHz) on a
+timeline locked to the inbound samples, so that "what was played ``d`` samples before this microphone sample"
+means the same thing for every window, however the network bunches inbound packets.
+
+:class:`EchoGuard` — voiced speech correlates with *any* voiced speech at some lag (pitch pulses line up), so a high
 correlation alone proves nothing; an echo is a high correlation *at a stable delay*. The guard locks onto a delay
 once three of the last six windows agree on it (within ``lag_tolerance_ms``) with a correlation of at least
 ``lock_ncc``, and from then on scores windows only around that delay. Before a lock nothing is called echo: the
 gate would rather pause for its own voice than ignore the user.
+
+:class:`~voicegate.audio.aec.EchoCanceller` runs at the locked delay and gives the detectors the cleaned signal; the
+guard keeps reading the raw one. Once the canceller removes ≥ 10 dB, a window counts as echo only when the
+canceller took most of it away — a user talking over loud echo is what is left, so the gate still hears them.
 """
 
 from __future__ import annotations
@@ -16,48 +23,35 @@ from collections import deque
 import numpy as np
 from av import AudioFrame, AudioResampler
 
+from voicegate.audio.aec import OUTPUT_DELAY_SAMPLES, EchoCanceller, unavailable_reason
 from voicegate.config import PIPELINE_SAMPLE_RATE
+
+RING_SECS = 2.0
+ANCHOR_MARGIN_MS = 20.0
+"""The reference is read this far behind the newest outbound sample, so a burst of inbound packets never asks
+for audio that has not been played yet."""
+REANCHOR_MS = 60.0
+ECHO_HOLD_WINDOWS = 10
+ECHO_LEVEL_MARGIN_DB = 3.0
 
 
 class EchoGuard:
-    """Keeps the recent outbound signal and scores inbound windows against it."""
+    """Scores inbound windows against the reference that ends where they end."""
 
-    def __init__(self, playout_sample_rate: int, max_delay_ms: float = 400.0, window_samples: int = 512,
-                 lock_ncc: float = 0.7, lag_tolerance_ms: float = 30.0, lock_hold_ms: float = 4000.0) -> None:
+    def __init__(self, max_delay_ms: float = 400.0, window_samples: int = 512, lock_ncc: float = 0.7,
+                 lag_tolerance_ms: float = 30.0, lock_hold_ms: float = 4000.0) -> None:
         self.max_delay = int(PIPELINE_SAMPLE_RATE * max_delay_ms / 1000)
         self.window = window_samples
         self.lock_ncc = lock_ncc
         self.tolerance = int(PIPELINE_SAMPLE_RATE * lag_tolerance_ms / 1000)
         self.hold_windows = int(lock_hold_ms / (1000 * window_samples / PIPELINE_SAMPLE_RATE))
-        self._ref = np.zeros(self.max_delay + window_samples, dtype=np.float32)
-        self._lock = threading.Lock()
-        self._rate = playout_sample_rate
-        self._resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
-        self._nfft = 1 << int(np.ceil(np.log2(len(self._ref) + window_samples)))
+        self._nfft = 1 << int(np.ceil(np.log2(self.max_delay + 2 * window_samples)))
         self._candidates: deque[tuple[int, float]] = deque(maxlen=6)
         self.locked_delay: int | None = None
         self._since_confirmed = 0
 
-    def add_outbound(self, pcm: np.ndarray) -> None:
-        """Record one outbound frame (at the playout rate) as it is sent."""
-        if self._rate == PIPELINE_SAMPLE_RATE:
-            data = pcm.astype(np.float32)
-        else:
-            frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = self._rate
-            parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-            if not parts:
-                return
-            data = np.concatenate(parts).astype(np.float32)
-        with self._lock:
-            n = min(len(data), len(self._ref))
-            self._ref[:-n] = self._ref[n:]
-            self._ref[-n:] = data[-n:]
-
-    def _ncc(self, window: np.ndarray) -> np.ndarray | None:
+    def _ncc(self, window: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
         """Normalised cross-correlation per delay (index = delay in samples), None when either side is silent."""
-        with self._lock:
-            ref = self._ref.copy()
         w = window.astype(np.float32)
         w_energy = float(np.dot(w, w))
         n = len(w)
@@ -68,11 +62,14 @@ class EchoGuard:
         csum = np.concatenate([[0.0], np.cumsum(ref.astype(np.float64) ** 2)])
         seg_energy = csum[n:] - csum[:-n]
         ncc = np.abs(corr) / np.sqrt(np.maximum(seg_energy, 1.0) * w_energy)
-        return ncc[::-1]  # index 0 = the newest reference = no delay
+        return ncc[::-1]  # index 0 = the reference that ends with the window = no delay
 
-    def score(self, window: np.ndarray) -> float:
-        """Correlation (0..1) of ``window`` with the outbound signal at the locked echo delay; 0 without a lock."""
-        ncc = self._ncc(window)
+    def score(self, window: np.ndarray, ref: np.ndarray) -> float:
+        """Correlation (0..1) of ``window`` with the reference at the locked echo delay; 0 without a lock.
+
+        ``ref`` holds ``max_delay + window`` samples ending at the same instant as ``window``.
+        """
+        ncc = self._ncc(window, ref)
         self._since_confirmed += 1
         if self.locked_delay is not None and self._since_confirmed > self.hold_windows:
             self.locked_delay = None
@@ -97,3 +94,133 @@ class EchoGuard:
         if len(agreeing) >= 3:
             self.locked_delay = int(np.median(agreeing))
             self._since_confirmed = 0
+
+
+class EchoControl:
+    """One call's echo handling: the outbound reference, the guard, and (optionally) the canceller.
+
+    :meth:`add_outbound` is called from the event loop as frames are sent; everything else runs on the call's gate
+    thread.
+    """
+
+    def __init__(self, playout_sample_rate: int, correlation: float, cancel: bool = True) -> None:
+        self.correlation = correlation
+        self.guard = EchoGuard()
+        self.aec = EchoCanceller() if cancel and unavailable_reason() is None else None
+        self.lag = 0
+        """Samples by which :meth:`cancel`'s output lags its input (the canceller's processing delay)."""
+        self._raw_delay = np.zeros(OUTPUT_DELAY_SAMPLES, np.float32)
+        self._rate = playout_sample_rate
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
+        self._ring = np.zeros(int(RING_SECS * PIPELINE_SAMPLE_RATE), np.float32)
+        self._written = 0
+        self._lock = threading.Lock()
+        self._offset: int | None = None
+        """Reference index = inbound index + offset (locked at the first chunk, re-locked after a jump)."""
+        self._pending = np.zeros(0, np.float32)
+        self._mic_pos = 0
+        self._echo_windows: deque[tuple[float, float]] = deque(maxlen=ECHO_HOLD_WINDOWS)
+        self.near_end = False
+        """Set by the gate: the user is speaking (the canceller does not adapt)."""
+        self.reanchors = 0
+
+    def add_outbound(self, pcm: np.ndarray) -> None:
+        """Record one outbound frame (at the playout rate) as it is sent."""
+        if self._rate == PIPELINE_SAMPLE_RATE:
+            data = pcm.astype(np.float32)
+        else:
+            frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = self._rate
+            parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+            if not parts:
+                return
+            data = np.concatenate(parts).astype(np.float32)
+        with self._lock:
+            size = len(self._ring)
+            idx = (self._written + np.arange(len(data))) % size
+            self._ring[idx] = data
+            self._written += len(data)
+
+    def _reference(self, end: int, length: int) -> np.ndarray:
+        """``length`` reference samples ending at reference index ``end`` (zeros for what was never played)."""
+        with self._lock:
+            written = self._written
+            start = end - length
+            idx = np.arange(start, end)
+            ok = (idx >= max(0, written - len(self._ring))) & (idx < written)
+            out = np.zeros(length, np.float32)
+            out[ok] = self._ring[idx[ok] % len(self._ring)]
+        return out
+
+    def _anchor(self, chunk_end: int) -> int:
+        with self._lock:
+            now = self._written - chunk_end - int(ANCHOR_MARGIN_MS * PIPELINE_SAMPLE_RATE / 1000)
+        if self._offset is None or abs(now - self._offset) > REANCHOR_MS * PIPELINE_SAMPLE_RATE / 1000:
+            if self._offset is not None:
+                self.reanchors += 1
+            self._offset = now
+        return self._offset
+
+    def cancel(self, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the canceller over a microphone chunk; returns (raw, cleaned) for the same instants — every whole
+        10 ms block so far, the raw signal delayed like the cleaned one (WebRTC's processing delay)."""
+        offset = self._anchor(self._mic_pos + len(self._pending) + len(pcm))
+        self._pending = np.concatenate([self._pending, pcm.astype(np.float32)])
+        aec = self.aec
+        if aec is None or aec.failed:
+            raw = self._pending.astype(np.int16)
+            self._mic_pos += len(self._pending)
+            self._pending = np.zeros(0, np.float32)
+            self.lag = 0
+            return raw, raw
+        raws, cleans = [], []
+        block = aec.n
+        while len(self._pending) >= block:
+            mic, self._pending = self._pending[:block], self._pending[block:]
+            ref = self._reference(self._mic_pos + block + offset, block)
+            cleans.append(aec.process(mic, ref, self.near_end))
+            delayed = np.concatenate([self._raw_delay, mic])
+            raws.append(delayed[:block])
+            self._raw_delay = delayed[block:]
+            self._mic_pos += block
+        self.lag = OUTPUT_DELAY_SAMPLES
+        if not raws:
+            empty = np.zeros(0, np.int16)
+            return empty, empty
+        return (np.clip(np.concatenate(raws), -32768, 32767).astype(np.int16),
+                np.concatenate(cleans).astype(np.int16))
+
+    def score(self, raw_window: np.ndarray, end: int) -> float:
+        """The guard's score for a raw window as returned by :meth:`cancel`, ending at output index ``end``."""
+        offset = self._offset if self._offset is not None else self._anchor(end)
+        ref = self._reference(end - self.lag + offset, self.guard.max_delay + len(raw_window))
+        return self.guard.score(raw_window, ref)
+
+    def close(self) -> None:
+        """Release the canceller's native state."""
+        if self.aec is not None:
+            self.aec.close()
+
+    def is_echo(self, raw_window: np.ndarray, clean_window: np.ndarray, score: float) -> bool:
+        """Is this window the bot's own voice?
+
+        With a working canceller: only when it removed most of the window (what is left is a residue, not a
+        user). Without: correlated with what the bot just said, or no louder than the echo heard in the last
+        ~300 ms (correlation dips inside quiet stretches of echoed speech; a user talking over the echo is louder).
+        """
+        level = _dbfs(raw_window)
+        recent = [lvl for s, lvl in self._echo_windows if s >= self.correlation]
+        self._echo_windows.append((score, level))
+        aec = self.aec
+        if aec is not None and aec.converged:
+            # Echo alone loses about the canceller's ERLE; a user talking over it keeps most of their level.
+            removed_db = level - _dbfs(clean_window)
+            return removed_db >= min(max(aec.erle_db - 8.0, 6.0), 25.0)
+        if score >= self.correlation:
+            return True
+        return bool(recent) and level <= max(recent) + ECHO_LEVEL_MARGIN_DB
+
+
+def _dbfs(window: np.ndarray) -> float:
+    x = window.astype(np.float32) / 32768.0
+    return 10.0 * float(np.log10(float(np.mean(x * x)) + 1e-12))

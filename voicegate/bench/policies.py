@@ -33,6 +33,7 @@ class _Baseline:
         self.request_transcript: TranscriptRequest = lambda *args: None
         self.verdicts: list[dict[str, Any]] = []
         self.input_lag_ms = 0.0
+        self.echo_settling = False
         self._decided = False
 
     def _verdict(self, label: str, reason: str, t_ms: float) -> None:

@@ -20,11 +20,12 @@ from voicegate.audio.pcm import gain, load_audio
 from voicegate.audio.vad import SileroVad
 from voicegate.bench.asr_eval import lscpu_model
 from voicegate.bench.corpus import Scenario, build_builtin, load_manifest
+from voicegate.bench.echo_path import Echo
 from voicegate.bench.live import live_pass, render_live
 from voicegate.bench.metrics import by_group, by_label, summarize
 from voicegate.bench.plots import latency_cdfs, timeline
 from voicegate.bench.policies import POLICIES
-from voicegate.bench.scenario import Echo, Outcome, run_scenario
+from voicegate.bench.scenario import Outcome, run_scenario
 from voicegate.gate.driver import default_asr
 from voicegate.gate.relevance import STOP_PHRASES, load_judge, normalize
 from voicegate.tts.base import Speech

@@ -13,6 +13,7 @@ import numpy as np
 from av import AudioFrame, AudioResampler
 
 from voicegate.asr.base import UtteranceAsr
+from voicegate.bench.echo_path import Echo, EchoPath
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.events import EventBus, SimClock
 from voicegate.gate.controller import DuplexController
@@ -22,16 +23,9 @@ from voicegate.media.playout import PlayoutTrack
 from voicegate.tts.base import Speech
 
 FRAME_MS = 20
+NOMINAL_SPEECH_RMS = 3000.0
+"""A caller's speech level at the microphone (≈ −21 dBFS), the reference for echo-only scenarios' gains."""
 MIC_FRAME = PIPELINE_SAMPLE_RATE * FRAME_MS // 1000
-
-
-@dataclass(frozen=True)
-class Echo:
-    """The bot's own voice leaking back into the microphone."""
-
-    delay_ms: float = 120.0
-    gain_db: float = -12.0
-    lowpass_hz: float = 3400.0
 
 
 @dataclass
@@ -58,6 +52,8 @@ class Outcome:
     vad_trace: list[tuple[float, float, bool]] = field(default_factory=list)
     cpu_ms: dict[str, float] = field(default_factory=dict)
     user_turns: list[str] = field(default_factory=list)
+    erle_trace: list[tuple[float, float]] = field(default_factory=list)
+    """(media ms, the echo canceller's smoothed ERLE in dB) per chunk."""
 
     @property
     def stopped(self) -> bool:
@@ -114,11 +110,14 @@ def onset_ms(clip: np.ndarray) -> float:
     return float(loud[0] * 10) if loud.size else 0.0
 
 
-def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
-    spec = np.fft.rfft(x)
-    freqs = np.fft.rfftfreq(len(x), 1 / PIPELINE_SAMPLE_RATE)
-    spec[freqs > cutoff_hz] = 0
-    return np.fft.irfft(spec, len(x))
+def active_level(pcm: np.ndarray) -> float:
+    """RMS over the 10 ms blocks within 30 dB of the loudest one (the level of the speech, not of its pauses)."""
+    loud = _loud_blocks(pcm, 30.0)
+    if not loud.size:
+        return 0.0
+    block = PIPELINE_SAMPLE_RATE // 100
+    x = pcm.astype(np.float32)
+    return float(np.sqrt(np.mean(np.concatenate([x[i * block:(i + 1) * block] for i in loud]) ** 2)))
 
 
 def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
@@ -161,7 +160,12 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
     out_frames = []
     pos16 = 0
-    delay = int((echo.delay_ms if echo else 0) * PIPELINE_SAMPLE_RATE / 1000)
+    path = None
+    if echo is not None:
+        bot_level = active_level(bot.pcm)
+        # An echo's gain is relative to the user's speech (a typical level when the scenario has no user clip).
+        user_level = active_level(user.astype(np.int16)) if clip.any() else 0.0
+        path = EchoPath(echo, bot_level, user_level or NOMINAL_SPEECH_RMS)
     for k in range(total // MIC_FRAME):
         t_ms = k * FRAME_MS
         clock.t_ms = t_ms
@@ -169,19 +173,15 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
         was_paused = playout.paused
         frame = playout.next_frame()
         out_frames.append(frame)
-        models.echo.add_outbound(frame) if models.echo is not None else None
+        models.add_outbound(frame)
         af = AudioFrame.from_ndarray(frame.reshape(1, -1), format="s16", layout="mono")
         af.sample_rate = playout.sample_rate
         for f in resampler.resample(af):
             part = f.to_ndarray().reshape(-1).astype(np.float32)
             bot16[pos16:pos16 + len(part)] = part[: len(bot16) - pos16]
             pos16 += len(part)
-        hi = (k + 1) * MIC_FRAME - delay
-        if echo is not None and hi - MIC_FRAME >= 0:
-            # The echo path: the bot's voice as sent, delayed, attenuated and low-passed.
-            hist = bot16[max(0, hi - 2048):hi]
-            seg = _lowpass(hist, echo.lowpass_hz)[-MIC_FRAME:] * (10 ** (echo.gain_db / 20))
-            mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] += seg.astype(np.float32)
+        if path is not None:
+            mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] += path.process(bot16[k * MIC_FRAME:(k + 1) * MIC_FRAME])
         pcm = np.clip(mic[k * MIC_FRAME:(k + 1) * MIC_FRAME], -32768, 32767).astype(np.int16)
         mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] = pcm
         queued = playout.queued_samples
@@ -217,4 +217,5 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     outcome.mic = mic.astype(np.int16)
     outcome.cpu_ms = driver.cpu_ms
     outcome.user_turns = user_turns
+    outcome.erle_trace = driver.erle_trace
     return outcome

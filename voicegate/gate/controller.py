@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicegate.events import EventBus
-from voicegate.gate.relevance import content_words
+from voicegate.gate.relevance import content_words, normalize
 from voicegate.media.playout import PlayoutTrack, UtteranceReport
 from voicegate.tts.base import Speech, Tts
 
@@ -220,12 +220,17 @@ class DuplexController:
             self.on_user_turn(text)
 
     def is_echo_text(self, text: str) -> bool:
-        """True when ``text`` is mostly words the bot spoke in the last few seconds (its own echo)."""
+        """True when ``text`` is the bot's own words of the last few seconds coming back: at least two words
+        that the bot said in this order ("let me" from "Let me tell you …"), or mostly its content words."""
+        now = self.events.clock.now_ms()
+        said = [t for at, t in self._recent_bot_text if now - at < 8000]
+        heard = normalize(text).split()
+        if len(heard) >= 2 and any(f" {' '.join(heard)} " in f" {normalize(t)} " for t in said):
+            return True
         words = content_words(text)
         if len(words) < 2:
             return False
-        now = self.events.clock.now_ms()
-        recent = {w for t, said in self._recent_bot_text if now - t < 8000 for w in content_words(said)}
+        recent = {w for t in said for w in content_words(t)}
         return sum(w in recent for w in words) / len(words) >= self.echo_similarity
 
     # -- playout listener -------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -22,15 +21,14 @@ import numpy as np
 from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
-from voicegate.audio.echo import EchoGuard
-from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow, dbfs_window
+from voicegate.audio.echo import EchoControl
+from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, options_from_env
 from voicegate.gate.reflex import Gate
 
 log = logging.getLogger(__name__)
 RING_SECS = 20
-ECHO_HOLD_WINDOWS = 10
-ECHO_LEVEL_MARGIN_DB = 3.0
+ECHO_FAILED = "the echo canceller kept diverging: the gate falls back to the echo guard alone for this call"
 
 
 @dataclass
@@ -43,56 +41,80 @@ class StepResult:
     vad_ms: float = 0.0
     kws_ms: float = 0.0
     echo_ms: float = 0.0
+    aec_ms: float = 0.0
+    erle_db: float | None = None
+    echo_failed: bool = False
+    """The canceller gave up in this chunk (reported once): the gate is back on the echo guard alone."""
+    echo_settling: bool = False
+    """The bot is audible and the canceller has not yet learned the echo path."""
 
 
 class GateModels:
-    """One call's detectors; :meth:`step` is blocking and must only ever run on one thread at a time."""
+    """One call's detectors; :meth:`step` is blocking and must only ever run on one thread at a time.
+
+    The microphone first goes through the echo canceller (:class:`~voicegate.audio.echo.EchoControl`); VAD, the
+    keyword spotter and the transcript ring get the cleaned signal, the echo guard the raw one.
+    """
 
     def __init__(self, options: GateOptions, playout_sample_rate: int, echo_guard: bool = True) -> None:
         self.options = options
         self.vad = VadDetector(options)
         self.kws = KeywordSpotter(options.stop_phrases)
-        self.echo = EchoGuard(playout_sample_rate) if echo_guard else None
-        self._pending = np.zeros(0, dtype=np.int16)
+        self.echo = EchoControl(playout_sample_rate, options.echo_correlation, cancel=options.echo_cancel) \
+            if echo_guard else None
+        self._raw = np.zeros(0, dtype=np.int16)
+        self._clean = np.zeros(0, dtype=np.int16)
         self._ring = np.zeros(PIPELINE_SAMPLE_RATE * RING_SECS, dtype=np.int16)
         self.position = 0
-        self._echo_windows: deque[tuple[float, float]] = deque(maxlen=ECHO_HOLD_WINDOWS)
+        self.echo_failed_reported = False
+
+    def add_outbound(self, pcm: np.ndarray) -> None:
+        """Record one outbound frame as it is sent (the echo reference); any thread."""
+        if self.echo is not None:
+            self.echo.add_outbound(pcm)
 
     def step(self, pcm: np.ndarray, hangover_ms: float) -> StepResult:
-        """Run VAD (per 512-sample window), the echo guard and the keyword spotter over ``pcm``."""
+        """Cancel the echo, then run the keyword spotter and VAD (per 512-sample window) with the echo guard."""
         result = StepResult()
-        self._remember(pcm)
         t0 = time.perf_counter()
-        result.hits = self.kws.feed(pcm)
+        if self.echo is not None:
+            self.echo.near_end = self.vad.speaking
+            raw, clean = self.echo.cancel(pcm)
+        else:
+            raw = clean = pcm
         t1 = time.perf_counter()
-        result.kws_ms = (t1 - t0) * 1000
-        self._pending = np.concatenate([self._pending, pcm])
-        while len(self._pending) >= WINDOW_SAMPLES:
-            window, self._pending = self._pending[:WINDOW_SAMPLES], self._pending[WINDOW_SAMPLES:]
-            t2 = time.perf_counter()
-            score = self.echo.score(window) if self.echo is not None else 0.0
+        result.aec_ms = (t1 - t0) * 1000
+        self._remember(clean)
+        result.hits = self.kws.feed(clean) if len(clean) else []
+        t2 = time.perf_counter()
+        result.kws_ms = (t2 - t1) * 1000
+        self._raw = np.concatenate([self._raw, raw])
+        self._clean = np.concatenate([self._clean, clean])
+        consumed = 0
+        while len(self._clean) - consumed >= WINDOW_SAMPLES:
+            window = self._clean[consumed:consumed + WINDOW_SAMPLES]
+            raw_window = self._raw[consumed:consumed + WINDOW_SAMPLES]
+            consumed += WINDOW_SAMPLES
             t3 = time.perf_counter()
-            result.echo_ms += (t3 - t2) * 1000
-            is_echo = self._is_echo(window, score)
+            end = self.position - (len(self._clean) - consumed)
+            score, is_echo = 0.0, False
+            if self.echo is not None:
+                score = self.echo.score(raw_window, end)
+                is_echo = self.echo.is_echo(raw_window, window, score)
+            t4 = time.perf_counter()
+            result.echo_ms += (t4 - t3) * 1000
             result.windows.append(self.vad.step(window, is_echo, hangover_ms))
             result.echo_scores.append(score)
-            result.vad_ms += (time.perf_counter() - t3) * 1000
+            result.vad_ms += (time.perf_counter() - t4) * 1000
+        self._raw, self._clean = self._raw[consumed:], self._clean[consumed:]
+        aec = self.echo.aec if self.echo is not None else None
+        if aec is not None:
+            result.erle_db = aec.erle_db
+            result.echo_settling = aec.settling
+            if aec.failed and not self.echo_failed_reported:
+                self.echo_failed_reported = True
+                result.echo_failed = True
         return result
-
-    def _is_echo(self, window: np.ndarray, score: float) -> bool:
-        """Correlated with what the bot just said, or no louder than the echo heard in the last ~300 ms.
-
-        Correlation dips inside quiet stretches of echoed speech (sentence tails, codec noise); those windows are
-        still echo when they are no louder than the correlated echo just before them. A user talking over the
-        echo is louder than it, so they still count.
-        """
-        level = dbfs_window(window)
-        threshold = self.options.echo_correlation
-        recent = [lvl for s, lvl in self._echo_windows if s >= threshold]
-        self._echo_windows.append((score, level))
-        if score >= threshold:
-            return True
-        return bool(recent) and level <= max(recent) + ECHO_LEVEL_MARGIN_DB
 
     def _remember(self, pcm: np.ndarray) -> None:
         size = len(self._ring)
@@ -146,11 +168,14 @@ class LiveGateDriver:
         result = await loop.run_in_executor(self.executor, self.models.step, pcm, self.gate.hangover_ms)
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
-        for stage, ms in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms)):
+        for stage, ms in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
             self.cpu_ms[stage] += ms
             if self.on_cpu is not None:
                 self.on_cpu(stage, ms, None)
+        if result.echo_failed and self.on_error is not None:
+            self.on_error("echo", "diverged", ECHO_FAILED)
         now = self.now_ms()
+        self.gate.echo_settling = result.echo_settling
         for hit in result.hits:
             self.gate.on_keyword(hit, now)
         for window in result.windows:
@@ -178,10 +203,13 @@ class LiveGateDriver:
         deliver_result(self.gate, self.cpu_ms, req, transcript, cause, self.now_ms(), self.on_error)
 
     def close(self) -> None:
-        """Release the call's thread and whatever it still had queued for transcription."""
+        """Release the call's thread, its echo canceller and whatever it still had queued for transcription."""
         self._closed = True
         self.service.drop_call(self.call_id)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.models.echo is not None:
+            # On the gate thread, after any step in flight: the native canceller must not vanish under it.
+            self.executor.submit(self.models.echo.close)
+        self.executor.shutdown(wait=False)
 
 
 def deliver_result(gate: Gate, cpu_ms: dict[str, float], req: AsrRequest, transcript: Transcript | None,
@@ -218,6 +246,8 @@ class OfflineGateDriver:
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
         self.trace: list[tuple[float, float, bool]] = []
         """(media ms at the window's end, VAD probability, voiced) per window."""
+        self.erle_trace: list[tuple[float, float]] = []
+        """(media ms, the canceller's smoothed ERLE in dB) per chunk."""
         self.requests: list[tuple[float, int, bool]] = []
         """(media ms, audio samples, final) per transcript request."""
         self.on_error = on_error
@@ -227,11 +257,17 @@ class OfflineGateDriver:
         """Process one chunk that was fully received at ``chunk_end_ms``."""
         self.deliver(chunk_end_ms)
         result = self.models.step(pcm, self.gate.hangover_ms)
-        self.gate.input_lag_ms = result.vad_ms + result.kws_ms + result.echo_ms
-        for key, value in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms)):
+        compute_ms = result.vad_ms + result.kws_ms + result.echo_ms + result.aec_ms
+        self.gate.input_lag_ms = compute_ms
+        for key, value in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
             self.cpu_ms[key] += value
-        self.now_ms = chunk_end_ms + result.vad_ms + result.kws_ms + result.echo_ms
+        if result.erle_db is not None:
+            self.erle_trace.append((chunk_end_ms, result.erle_db))
+        if result.echo_failed and self.on_error is not None:
+            self.on_error("echo", "diverged", ECHO_FAILED)
+        self.now_ms = chunk_end_ms + compute_ms
         self.sim.now_ms = max(self.sim.now_ms, self.now_ms)
+        self.gate.echo_settling = result.echo_settling
         for hit in result.hits:
             self.gate.on_keyword(hit, self.now_ms)
         for window in result.windows:

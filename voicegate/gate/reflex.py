@@ -78,6 +78,7 @@ class Gate(Protocol):
     request_transcript: TranscriptRequest
     verdicts: list[dict[str, object]]
     input_lag_ms: float
+    echo_settling: bool
 
     @property
     def hangover_ms(self) -> float: ...
@@ -106,6 +107,8 @@ class _Segment:
     """The label of the latest partial reading (``interrupt`` / ``backchannel`` / ``ignore`` / ``sound``)."""
     reading_words: frozenset[str] = frozenset()
     reading_confidence: float = 0.0
+    settling: bool = False
+    """Began while the echo canceller was still learning the echo path."""
     short_end: bool = False
     """The sound ended on the short hangover used while a verdict is owed."""
     partials_off: bool = False
@@ -141,6 +144,9 @@ class ReflexGate:
         self._ids = itertools.count(1)
         self.verdicts: list[dict[str, object]] = []
         self.input_lag_ms = 0.0
+        self.echo_settling = False
+        """Set by the driver: the bot is audible and the echo canceller has not yet learned the echo path, so a
+        sound now may be the bot's own voice that nothing has removed yet."""
         """Set by the driver: how long the current chunk waited (network jitter buffer aside) before its verdict."""
 
     @property
@@ -187,7 +193,8 @@ class ReflexGate:
             elif w.voiced and self._partial_due(seg, t_ms):
                 seg.last_partial_ms = t_ms
                 self.request_transcript(seg.segment_id, seg.start_samples, w.end_samples, False)
-            if t_ms - seg.onset_ms >= self.options.verdict_timeout_ms and seg.reading != "sound":
+            if t_ms - seg.onset_ms >= self.options.verdict_timeout_ms and seg.reading != "sound" \
+                    and not seg.settling:
                 self._decide(seg, "interrupt", ["long_speech"], t_ms)
 
     def on_keyword(self, hit: KeywordHit, t_ms: float) -> None:
@@ -262,7 +269,8 @@ class ReflexGate:
         seg.reading, seg.reading_words = judged.label, frozenset(content_words(transcript.spoken))
         seg.reading_confidence = transcript.confidence
         if not transcript.final:
-            trusted = self._trust_early(seg, transcript, judged, previous, whole)
+            trusted = self._trust_early(seg, transcript, judged, previous, whole) \
+                and not (seg.settling and judged.source == "model")
             if judged.label == "interrupt" and not doubtful and trusted \
                     and not self.sink.is_echo_text(transcript.spoken):
                 reasons = [f"relevance:{judged.source}", "speculative" if whole else "partial"]
@@ -276,6 +284,10 @@ class ReflexGate:
             self._finish_turn(seg, transcript.spoken)
         elif judged.label == "interrupt" and doubtful:
             self._decide(seg, "noise", ["asr_implausible" if implausible else "asr_doubtful"], t_ms, fields=fields)
+        elif judged.label == "interrupt" and judged.source == "model" and seg.settling:
+            # Words heard before the canceller knows the echo path are most likely the bot's own, misheard
+            # ("Let me tell you" → "Let's see."): only a stop phrase may stop the bot then.
+            self._decide(seg, "echo", ["echo_settling"], t_ms, fields=fields)
         elif judged.label == "interrupt" and self.sink.is_echo_text(transcript.spoken):
             self._decide(seg, "echo", ["transcript_matches_bot_speech"], t_ms, fields=fields)
         elif judged.label == "interrupt":
@@ -351,7 +363,7 @@ class ReflexGate:
             self._pending_turn = None
         if contested and self._last_contested is not None and t_ms - self._last_contested[1] < EPISODE_JOIN_MS:
             start = min(start, self._last_contested[0])
-        self.segment = _Segment(next(self._ids), start, t_ms, contested)
+        self.segment = _Segment(next(self._ids), start, t_ms, contested, settling=contested and self.echo_settling)
         since_onset = (w.end_samples - w.segment_start_samples) / (PIPELINE_SAMPLE_RATE / 1000) + self.input_lag_ms
         self.sink.on_speech_started(t_ms, segment_id=self.segment.segment_id, contested=contested,
                                     since_onset_ms=round(since_onset, 1))

@@ -155,7 +155,7 @@ class Session:
         self.driver.on_error = self._stage_error
         self.driver.on_cpu = self.cpu_observer
         if models.echo is not None:
-            self.playout.frame_sink = models.echo.add_outbound
+            self.playout.frame_sink = models.add_outbound
 
     # -- peer connection events -------------------------------------------------------------------------------
 
