@@ -18,7 +18,7 @@ from voicegate.audio.aec import unavailable_reason
 from voicegate.audio.pcm import gain, load_audio
 from voicegate.bench.echo_path import Echo
 from voicegate.bench.scenario import Outcome, run_scenario
-from voicegate.config import AsrOptions
+from voicegate.config import AsrOptions, GateOptions
 from voicegate.gate.driver import default_asr
 from voicegate.gate.relevance import load_judge
 from voicegate.tts.base import Speech
@@ -130,7 +130,7 @@ def test_realistic_echo_alone_neither_stops_nor_pauses_the_bot_once_cancelled(bo
     for i, (delay, codec, gain_db) in enumerate([(40, "mulaw", 0), (90, "opus", 3), (140, "mulaw", -12),
                                                  (200, "opus", -6), (250, "mulaw", 3), (250, "opus", 0)]):
         echo = Echo(delay_ms=delay, gain_db=gain_db, rt60_s=0.3, codec=codec, drift_ms=2.0, seed=i)
-        o = _run(bot, models, np.zeros(16_000, np.int16), echo=echo)
+        o = _run(bot, models, np.zeros(16_000, np.int16), echo=echo, options=GateOptions(echo_cancel=True))
         late_pauses = [e["t_ms"] for e in o.events if e["type"] == "bot.paused" and e["t_ms"] > 1500]
         assert not o.stopped and not late_pauses, (delay, codec, gain_db, late_pauses, o.verdicts)
         assert float(np.median([erle for t, erle in o.erle_trace if t > 2000])) >= 20.0
@@ -146,7 +146,7 @@ def test_user_speaking_over_echo_still_stops_the_bot(bot, models, shared_data) -
     for i, clip in enumerate(clips):
         echo = Echo(delay_ms=(60, 120, 180, 240)[i % 4], gain_db=-6, rt60_s=0.3, codec=("mulaw", "opus")[i % 2],
                     seed=i)
-        stopped += _run(bot, models, clip, echo=echo).stopped
+        stopped += _run(bot, models, clip, echo=echo, options=GateOptions(echo_cancel=True)).stopped
     assert stopped >= 10, f"only {stopped} of {len(clips)} stopped over echo"
 
 

@@ -113,8 +113,10 @@ class GateOptions:
     """Transcript/played-text word overlap above which speech is the bot's own echo."""
     echo_correlation: float = 0.5
     """Normalised cross-correlation with the recent outbound audio above which a window is echo."""
-    echo_cancel: bool = True
-    """Subtract the bot's own voice before VAD, keyword spotting and ASR (the echo guard keeps the raw signal)."""
+    echo_cancel: bool = False
+    """Subtract the bot's own voice before VAD, keyword spotting and ASR (the echo guard keeps the raw signal).
+    For callers whose audio carries the bot's echo (phone bridges, speakerphones, clients without their own echo
+    cancellation); browsers cancel their own echo, and on clean audio the canceller costs a little (README)."""
 
 
 @dataclass(frozen=True)

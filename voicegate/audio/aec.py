@@ -71,10 +71,19 @@ def unavailable_reason() -> str | None:
     return None if _library() is not None else _load_error
 
 
+MIN_PEAK = 6.0
+"""GCC peak over the RMS of the correlation below which an update says nothing."""
+AGREE_SAMPLES = 400
+AGREEING_UPDATES = 2
+"""An echo delay is believed when two clear updates in a row agree within 25 ms (early reflections move the peak
+by that much; the earlier one is taken)."""
+
+
 class DelayEstimator:
     """Where the played signal comes back in the microphone: a time-averaged GCC-PHAT over the last 256 ms,
     updated every 128 ms while the bot is audible. ``delay`` is the peak lag (samples) once two updates in a row
-    agree within 25 ms with a clear peak."""
+    agree within 25 ms with a clear peak. A user's words can fool it (they correlate with the bot's at some lag),
+    which is why cancellation is for calls that do carry echo (``GateOptions.echo_cancel``)."""
 
     def __init__(self, segment: int = 4096, hop: int = 2048, smoothing: float = 0.7) -> None:
         self.segment = segment
@@ -85,7 +94,7 @@ class DelayEstimator:
         self._ref = np.zeros(segment + MAX_LAG_SAMPLES, np.float32)
         self._cross: np.ndarray | None = None
         self._since = 0
-        self._previous: int | None = None
+        self._agreeing: list[int] = []
         self.delay: int | None = None
 
     def feed(self, mic: np.ndarray, ref: np.ndarray) -> None:
@@ -109,9 +118,12 @@ class DelayEstimator:
         values = corr[(np.arange(MAX_LAG_SAMPLES + 1) - MAX_LAG_SAMPLES) % self._nfft]
         lag = int(np.argmax(values))
         peak = float(values[lag] / (np.sqrt(np.mean(values ** 2)) + 1e-12))
-        if peak >= 6.0 and self._previous is not None and abs(lag - self._previous) <= 400:
-            self.delay = min(lag, self._previous)
-        self._previous = lag if peak >= 6.0 else None
+        if peak < MIN_PEAK:
+            self._agreeing = []
+            return
+        self._agreeing = [d for d in self._agreeing[-(AGREEING_UPDATES - 1):] if abs(d - lag) <= AGREE_SAMPLES] + [lag]
+        if len(self._agreeing) >= AGREEING_UPDATES:
+            self.delay = min(self._agreeing)
 
 
 class EchoCanceller:
@@ -183,7 +195,8 @@ class EchoCanceller:
         :data:`OUTPUT_DELAY_SAMPLES`). ``ref`` ends at the same instant as ``mic``."""
         if self._handle is None:  # closed: the call is ending
             return np.clip(mic, -32768, 32767).astype(np.int16)
-        self.estimator.feed(mic, ref)
+        if not self._established:
+            self.estimator.feed(mic, ref)  # once the canceller works, its own alignment follows small drifts
         self._far = np.concatenate([self._far[len(ref):], ref])
         self._follow_delay()
         start = len(self._far) - self.delay - BLOCK_SAMPLES
@@ -207,6 +220,8 @@ class EchoCanceller:
     def _track(self, raw_power: float, clean_power: float, ref: np.ndarray, near_end: bool) -> None:
         audible = float(np.mean(ref.astype(np.float64) ** 2)) >= 1e4
         self._audible_blocks = AUDIBLE_HOLD_BLOCKS if audible else max(0, self._audible_blocks - 1)
+        if self.estimator.delay is None:
+            return  # no echo found (yet): a quieter output now would be a user's word suppressed, not echo removed
         if not audible or (near_end and self._established):
             # ERLE is measured while only the bot is heard. Until it has once reached 10 dB, "the user is
             # speaking" may be the uncancelled echo itself, so that flag is not trusted yet.

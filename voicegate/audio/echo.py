@@ -109,6 +109,8 @@ class EchoControl:
         self.aec = EchoCanceller() if cancel and unavailable_reason() is None else None
         self.lag = 0
         """Samples by which :meth:`cancel`'s output lags its input (the canceller's processing delay)."""
+        self.engaged = False
+        """An echo has been found in this call: the detectors hear the cleaned signal."""
         self._raw_delay = np.zeros(OUTPUT_DELAY_SAMPLES, np.float32)
         self._rate = playout_sample_rate
         self._resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
@@ -143,13 +145,20 @@ class EchoControl:
 
     def _reference(self, end: int, length: int) -> np.ndarray:
         """``length`` reference samples ending at reference index ``end`` (zeros for what was never played)."""
+        size = len(self._ring)
+        out = np.zeros(length, np.float32)
         with self._lock:
-            written = self._written
-            start = end - length
-            idx = np.arange(start, end)
-            ok = (idx >= max(0, written - len(self._ring))) & (idx < written)
-            out = np.zeros(length, np.float32)
-            out[ok] = self._ring[idx[ok] % len(self._ring)]
+            lo = max(end - length, self._written - size, 0)
+            hi = min(end, self._written)
+            if hi > lo:
+                a, b = lo % size, hi % size
+                dest = out[lo - (end - length):hi - (end - length)]
+                if a < b:
+                    dest[:] = self._ring[a:b]
+                else:
+                    first = size - a
+                    dest[:first] = self._ring[a:]
+                    dest[first:] = self._ring[:b]
         return out
 
     def _anchor(self, chunk_end: int) -> int:
@@ -162,8 +171,13 @@ class EchoControl:
         return self._offset
 
     def cancel(self, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the canceller over a microphone chunk; returns (raw, cleaned) for the same instants — every whole
-        10 ms block so far, the raw signal delayed like the cleaned one (WebRTC's processing delay)."""
+        """Run the canceller over a microphone chunk; returns (raw, for the detectors) for the same instants.
+
+        The canceller always runs (it learns), but the detectors get its output only once an echo has been found
+        (:attr:`engaged`): with headphones, or a browser that cancels its own echo, nothing comes back, and the
+        canceller's residual suppression would only blunt the starts of the user's words. Once engaged, the raw
+        signal is delayed like the cleaned one (WebRTC's processing delay, :attr:`lag`).
+        """
         offset = self._anchor(self._mic_pos + len(self._pending) + len(pcm))
         self._pending = np.concatenate([self._pending, pcm.astype(np.float32)])
         aec = self.aec
@@ -172,23 +186,31 @@ class EchoControl:
             self._mic_pos += len(self._pending)
             self._pending = np.zeros(0, np.float32)
             self.lag = 0
+            self.engaged = False
             return raw, raw
-        raws, cleans = [], []
+        raws, outs = [], []
         block = aec.n
         while len(self._pending) >= block:
             mic, self._pending = self._pending[:block], self._pending[block:]
             ref = self._reference(self._mic_pos + block + offset, block)
-            cleans.append(aec.process(mic, ref, self.near_end))
+            cleaned = aec.process(mic, ref, self.near_end)
             delayed = np.concatenate([self._raw_delay, mic])
-            raws.append(delayed[:block])
             self._raw_delay = delayed[block:]
             self._mic_pos += block
-        self.lag = OUTPUT_DELAY_SAMPLES
+            if not self.engaged and aec.estimator.delay is not None:
+                self.engaged = True  # from here on the detectors hear the cleaned signal (7 ms later)
+                self.lag = OUTPUT_DELAY_SAMPLES
+            if self.engaged:
+                raws.append(delayed[:block])
+                outs.append(cleaned.astype(np.float32))
+            else:
+                raws.append(mic)
+                outs.append(mic)
         if not raws:
             empty = np.zeros(0, np.int16)
             return empty, empty
-        return (np.clip(np.concatenate(raws), -32768, 32767).astype(np.int16),
-                np.concatenate(cleans).astype(np.int16))
+        raw = np.clip(np.concatenate(raws), -32768, 32767).astype(np.int16)
+        return raw, np.clip(np.concatenate(outs), -32768, 32767).astype(np.int16)
 
     def score(self, raw_window: np.ndarray, end: int) -> float:
         """The guard's score for a raw window as returned by :meth:`cancel`, ending at output index ``end``."""
@@ -212,7 +234,7 @@ class EchoControl:
         recent = [lvl for s, lvl in self._echo_windows if s >= self.correlation]
         self._echo_windows.append((score, level))
         aec = self.aec
-        if aec is not None and aec.converged:
+        if aec is not None and self.engaged and aec.converged:
             # Echo alone loses about the canceller's ERLE; a user talking over it keeps most of their level.
             removed_db = level - _dbfs(clean_window)
             return removed_db >= min(max(aec.erle_db - 8.0, 6.0), 25.0)

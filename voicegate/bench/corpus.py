@@ -37,7 +37,8 @@ class Scenario:
     ``audio`` is the user's clip (any rate/format ``av`` reads), mixed in ``at_s`` seconds after the bot starts
     speaking, at ``gain_db``. Extensions beyond the contract (all optional): ``noise`` (a bed under everything),
     ``noise_gain_db``, ``echo_delay_ms`` / ``echo_gain_db`` (the bot's own voice leaking back; ``echo`` scenarios
-    get a default echo), ``group`` (a finer class reported on its own, e.g. ``vocal``).
+    get a default echo; ``echo_rt60_s`` / ``echo_codec`` (``mulaw``, ``opus``) / ``echo_drift_ms`` make the echo
+    path a room, a codec and a drifting delay), ``group`` (a finer class reported on its own, e.g. ``vocal``).
     """
 
     id: str
@@ -53,6 +54,9 @@ class Scenario:
     echo_gain_db: float = -10.0
     group: str | None = None
     """A finer class for the report (e.g. ``vocal`` for non-speech vocal sounds, ``stop_phrase``)."""
+    echo_rt60_s: float = 0.0
+    echo_codec: str = "none"
+    echo_drift_ms: float = 0.0
 
     def to_json(self, base: Path) -> str:
         """One manifest line, paths relative to ``base`` where possible."""
@@ -87,11 +91,15 @@ def load_manifest(path: Path) -> list[Scenario]:
                                else (120.0 if label == "echo" else None)),
                 echo_gain_db=float(data.get("echo_gain_db", -10.0)),
                 group=str(data["group"]) if data.get("group") else None,
+                echo_rt60_s=float(data.get("echo_rt60_s", 0.0)), echo_codec=str(data.get("echo_codec", "none")),
+                echo_drift_ms=float(data.get("echo_drift_ms", 0.0)),
             ))
         except ManifestError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{path}:{number}: {exc!r}") from None
+        if out[-1].echo_codec not in ("none", "mulaw", "opus"):
+            raise ManifestError(f"{path}:{number}: echo_codec must be none, mulaw or opus, got {out[-1].echo_codec!r}")
         if out[-1].audio is not None and not out[-1].audio.exists():
             raise ManifestError(f"{path}:{number}: audio file {out[-1].audio} not found")
     if not out:

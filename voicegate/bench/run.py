@@ -26,6 +26,7 @@ from voicegate.bench.metrics import by_group, by_label, summarize
 from voicegate.bench.plots import latency_cdfs, timeline
 from voicegate.bench.policies import POLICIES
 from voicegate.bench.scenario import Outcome, run_scenario
+from voicegate.config import GateOptions
 from voicegate.gate.driver import default_asr
 from voicegate.gate.relevance import STOP_PHRASES, load_judge, normalize
 from voicegate.tts.base import Speech
@@ -81,7 +82,7 @@ def _r(value: float | None) -> float | None:
 
 def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: tuple[str, ...] = POLICIES,
               live: bool = False, url: str | None = None, live_calls: int = 1,
-              token: str | None = None) -> dict[str, Any]:
+              token: str | None = None, options: GateOptions | None = None) -> dict[str, Any]:
     """Run every scenario under every policy; write ``report.json``, ``report.md`` and plots to ``out_dir``.
 
     With ``live``, the same scenarios are then played through real WebRTC calls to ``voicegate serve`` (``url``,
@@ -101,15 +102,17 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
     cpu = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
     audio_secs = 0.0
     examples: dict[str, Outcome] = {}
+    erle: list[float] = []
     progress = tqdm(total=len(scenarios) * len(policies), desc="bench", unit="run")
     for sc in scenarios:
         clip = load_audio(sc.audio, 16_000)[: int(16_000 * MAX_CLIP_SECS)] if sc.audio else np.zeros(8000, np.int16)
         noise = gain(load_audio(sc.noise, 16_000), sc.noise_gain_db) if sc.noise else None
-        echo = Echo(delay_ms=sc.echo_delay_ms, gain_db=sc.echo_gain_db) if sc.echo_delay_ms is not None else None
+        echo = Echo(delay_ms=sc.echo_delay_ms, gain_db=sc.echo_gain_db, rt60_s=sc.echo_rt60_s, codec=sc.echo_codec,
+                    drift_ms=sc.echo_drift_ms) if sc.echo_delay_ms is not None else None
         entry: dict[str, Any] = {"id": sc.id, "label": sc.label, "at_s": sc.at_s, "outcomes": {}}
         for policy in policies:
             o = run_scenario(_bot(sc.bot_text, bots), gain(clip, sc.gain_db), sc.at_s, judge, asr, echo=echo,
-                             noise=noise, policy=policy)
+                             noise=noise, policy=policy, options=options)
             row = _row(sc, o)
             rows[policy].append(row)
             entry["outcomes"][policy] = {k: v for k, v in row.items() if k not in ("id", "label")}
@@ -119,6 +122,8 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
                 audio_secs += len(o.mic) / 16_000
                 if sc.label not in examples:
                     examples[sc.label] = o
+                if sc.label == "echo" and o.erle_trace:
+                    erle.append(float(np.median([db for t, db in o.erle_trace if t >= sc.at_s * 1000] or [0.0])))
             progress.update(1)
         per_scenario.append(entry)
     progress.close()
@@ -136,6 +141,9 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
         report["policies"]["voicegate"]["cpu_per_audio_s"] = {k: round(v / 1000 / max(audio_secs, 1e-9), 4)
                                                               for k, v in cpu.items()}
         report["policies"]["voicegate"]["vad_ms_per_window"] = _vad_cost_ms()
+        report["policies"]["voicegate"]["echo_cancel"] = bool(options and options.echo_cancel)
+        if erle:
+            report["policies"]["voicegate"]["echo_erle_db_median"] = round(float(np.median(erle)), 1)
         report["targets"] = _targets(report["policies"])
     if live:
         stop_ids = {r["id"] for r in rows["voicegate"] if r["stop_phrase"]}
