@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng chromium chromium-driver g++ libwebrtc-audio-processin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VOSK_MODEL := vosk-model-small-en-us-0.15
 
-.PHONY: install run-demo test lint bench bench-quick bench-live asr-bench models relevance-model clean help
+.PHONY: install run-demo test lint bench bench-quick bench-live bench-peers test-peers peers asr-bench models relevance-model clean help
 
 help:
 	@echo "make run-demo   install what is missing, then serve the demo on http://$(HOST):$(PORT)"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      barge-in benchmark (full corpus); make bench-quick for --quick"
 	@echo "make bench-live the quick corpus simulated and through real WebRTC calls, side by side"
+	@echo "make bench-peers install Pipecat 1.14 and LiveKit Agents 1.8 (.[peers]), then bench against their code"
 	@echo "make asr-bench  transcript engines side by side on the shared recordings"
 	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
 
@@ -71,6 +72,18 @@ bench-quick: install
 
 bench-live: install
 	$(VENV)/bin/voicegate bench --quick --live --policies voicegate --out bench-out/live-quick
+
+# The peers' own code (Pipecat, LiveKit Agents), only for the benchmark: kept out of the base install.
+peers: $(STAMPS)/peers
+$(STAMPS)/peers: $(STAMPS)/venv
+	$(PIP) install -q -e '.[dev,peers]'
+	@touch $@
+
+bench-peers: install peers
+	$(VENV)/bin/voicegate bench --policies voicegate pipecat livekit
+
+test-peers: install peers
+	$(PY) -m pytest -q tests/test_peers.py
 
 asr-bench: install
 	$(VENV)/bin/voicegate asr-bench

@@ -159,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a stratified subset of the built-in corpus")
     bench.add_argument("--corpus", type=Path, default=None, help="a JSON Lines scenario manifest")
     bench.add_argument("--out", type=Path, default=Path("bench-out"))
-    bench.add_argument("--policies", nargs="+", default=["voicegate,vad_only,min_duration,min_words"],
-                       help="policies to run (space or comma separated)")
+    bench.add_argument("--policies", nargs="+", default=["voicegate,pipecat,livekit"],
+                       help="policies to run (space or comma separated): voicegate, pipecat (pipecat-1.14, "
+                            "pipecat-1.14-minwords2), livekit (livekit-1.8), peers, emulations (vad_only, "
+                            "min_duration, min_words); peers need pip install -e '.[peers]' and are skipped, "
+                            "with a message, when missing")
     bench.add_argument("--live", action="store_true",
                        help="also play every scenario through a real WebRTC call and report live figures beside "
                             "the simulated ones")

@@ -1,6 +1,10 @@
-"""Peer-style barge-in policies, emulated on the same components (VAD, ASR, controller, playout).
+"""The benchmark's policies: voicegate, the peers' own code, and emulations of the peers' defaults.
 
-These are emulations of the peers' *defaults* as documented in ``../shared/notes/peers.md``, not their code:
+The peers' code (``pip install -e '.[peers]'``): ``pipecat-1.14`` and ``pipecat-1.14-minwords2``
+(:mod:`voicegate.bench.peer_pipecat`), ``livekit-1.8`` (:mod:`voicegate.bench.peer_livekit`).
+
+The emulations re-implement the peers' *defaults* on voicegate's own components (kept for a machine without the
+extra, and labelled as emulations in the report):
 
 - ``vad_only`` — Pipecat: stop once the VAD has seen ≥ 0.2 s of speech at confidence ≥ 0.7; no pause, no resume.
 - ``min_duration`` — LiveKit Agents: pause after 0.5 s of speech; any transcript commits the stop; no transcript
@@ -21,6 +25,54 @@ from voicegate.gate.reflex import GateSink, ReflexGate, TranscriptRequest
 from voicegate.gate.relevance import RelevanceJudge
 
 POLICIES = ("voicegate", "vad_only", "min_duration", "min_words")
+EMULATIONS = ("vad_only", "min_duration", "min_words")
+PEERS = ("pipecat-1.14", "pipecat-1.14-minwords2", "livekit-1.8")
+"""Policies that run the peers' own code (``pip install -e '.[peers]'``)."""
+ALIASES = {
+    "pipecat": ("pipecat-1.14", "pipecat-1.14-minwords2"),
+    "livekit": ("livekit-1.8",),
+    "peers": PEERS,
+    "emulations": EMULATIONS,
+}
+DEFAULT_POLICIES = ("voicegate", "pipecat", "livekit")
+PEER_PACKAGES = {"pipecat-1.14": "pipecat-ai", "pipecat-1.14-minwords2": "pipecat-ai",
+                 "livekit-1.8": "livekit-agents"}
+
+
+def resolve_policies(names: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Expand aliases (``pipecat``, ``livekit``, ``peers``, ``emulations``) and drop peers that cannot be
+    imported here; returns the policies to run and ``{policy: why it was skipped}``."""
+    from voicegate.bench.peer_livekit import livekit_available
+    from voicegate.bench.peer_pipecat import pipecat_available
+
+    wanted: list[str] = []
+    for name in names:
+        for policy in ALIASES.get(name, (name,)):
+            if policy not in (*POLICIES, *PEERS):
+                raise ValueError(f"unknown policy {policy!r}: choose from "
+                                 f"{', '.join((*POLICIES, *PEERS, *ALIASES))}")
+            if policy not in wanted:
+                wanted.append(policy)
+    skipped: dict[str, str] = {}
+    for policy in wanted:
+        why = (pipecat_available() if policy.startswith("pipecat") else
+               livekit_available() if policy.startswith("livekit") else None)
+        if why is not None:
+            skipped[policy] = why
+    return tuple(p for p in wanted if p not in skipped), skipped
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of the peers' packages (empty for those not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for package in ("pipecat-ai", "livekit-agents", "livekit-plugins-silero"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 class _Baseline:
@@ -134,8 +186,13 @@ def gate_factory(policy: str) -> GateFactory:
     """The gate class behind a policy name."""
     if policy == "voicegate":
         return lambda options, sink, judge: ReflexGate(options, sink, judge, lambda *args: None)
+    if policy in ("pipecat-1.14", "pipecat-1.14-minwords2"):
+        from voicegate.bench.peer_pipecat import PipecatGate
+
+        min_words = 2 if policy.endswith("minwords2") else None
+        return lambda options, sink, judge: PipecatGate(sink, min_words)
     classes = {"vad_only": VadOnlyGate, "min_duration": MinDurationGate, "min_words": MinWordsGate}
     if policy not in classes:
-        raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(POLICIES + PEERS)}")
     cls = classes[policy]
     return lambda options, sink, judge: cls(sink)

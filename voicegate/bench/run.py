@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from voicegate.bench.echo_path import Echo
 from voicegate.bench.live import live_pass, render_live
 from voicegate.bench.metrics import by_group, by_label, summarize
 from voicegate.bench.plots import latency_cdfs, timeline
-from voicegate.bench.policies import POLICIES
+from voicegate.bench.policies import DEFAULT_POLICIES, EMULATIONS, PEERS, package_versions, resolve_policies
 from voicegate.bench.scenario import Outcome, run_scenario
 from voicegate.config import GateOptions
 from voicegate.gate.driver import default_asr
@@ -80,7 +81,26 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: tuple[str, ...] = POLICIES,
+LIVEKIT = "livekit-1.8"
+PEER_NOTES = [
+    "pipecat-1.14: Pipecat's VADController + SileroVADAnalyzer (default VADParams, the model in its wheel) and its "
+    "UserTurnController with the default start strategies [VADUserTurnStartStrategy, "
+    "TranscriptionUserTurnStartStrategy]; a turn start while the bot speaks is an interruption (hard stop, "
+    "no resume). Simulated clock, same as voicegate.",
+    "pipecat-1.14-minwords2: the same with [MinWordsUserTurnStartStrategy(min_words=2)].",
+    "Pipecat gets the transcripts voicegate gets (interim every 250 ms from 400 ms into its VAD's speech, final "
+    "at its VAD's end). End of turn (Smart Turn v3) decides when the LLM answers, not barge-in, and is not run.",
+    "livekit-1.8: a real livekit-agents AgentSession (livekit-plugins-silero defaults, InterruptionOptions "
+    "defaults: min_duration 0.5 s, min_words 0, resume_false_interruption, false_interruption_timeout 2.0 s) "
+    "in mode='vad', fed in real time (several scenarios at once); Whisper as a batch STT that LiveKit wraps "
+    "in its VAD StreamAdapter. aec_warmup_duration=None: LiveKit's default ignores every interruption for the "
+    "first 3 s after the agent first speaks in a call, which would make most scenarios misses here. Its "
+    "'adaptive' interruption model runs only in LiveKit Cloud and is left out.",
+]
+
+
+def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
+              policies: tuple[str, ...] = DEFAULT_POLICIES,
               live: bool = False, url: str | None = None, live_calls: int = 1,
               token: str | None = None, options: GateOptions | None = None) -> dict[str, Any]:
     """Run every scenario under every policy; write ``report.json``, ``report.md`` and plots to ``out_dir``.
@@ -88,8 +108,14 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
     With ``live``, the same scenarios are then played through real WebRTC calls to ``voicegate serve`` (``url``,
     or one started here) and the report shows simulated and live figures side by side.
     """
+    policies, skipped = resolve_policies(policies)
+    for policy, why in skipped.items():
+        print(f"voicegate bench: skipping {policy}: {why}", file=sys.stderr)
     if live and "voicegate" not in policies:
         policies = ("voicegate", *policies)
+    if not policies:
+        raise ValueError("no policy left to run")
+    simulated = tuple(p for p in policies if p != LIVEKIT)
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = corpus if corpus is not None else build_builtin(out_dir, quick)
@@ -103,19 +129,27 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
     audio_secs = 0.0
     examples: dict[str, Outcome] = {}
     erle: list[float] = []
-    progress = tqdm(total=len(scenarios) * len(policies), desc="bench", unit="run")
+    cpu_ms_by_policy = dict.fromkeys(policies, 0.0)
+    audio_s_by_policy = dict.fromkeys(policies, 0.0)
+    livekit_jobs: list[tuple[Scenario, dict[str, Any], dict[str, Any]]] = []
+    progress = tqdm(total=len(scenarios) * len(simulated), desc="bench", unit="run")
     for sc in scenarios:
         clip = load_audio(sc.audio, 16_000)[: int(16_000 * MAX_CLIP_SECS)] if sc.audio else np.zeros(8000, np.int16)
         noise = gain(load_audio(sc.noise, 16_000), sc.noise_gain_db) if sc.noise else None
         echo = Echo(delay_ms=sc.echo_delay_ms, gain_db=sc.echo_gain_db, rt60_s=sc.echo_rt60_s, codec=sc.echo_codec,
                     drift_ms=sc.echo_drift_ms) if sc.echo_delay_ms is not None else None
         entry: dict[str, Any] = {"id": sc.id, "label": sc.label, "at_s": sc.at_s, "outcomes": {}}
-        for policy in policies:
+        if LIVEKIT in policies:
+            livekit_jobs.append((sc, entry, {"bot": _bot(sc.bot_text, bots), "clip": gain(clip, sc.gain_db),
+                                             "at_s": sc.at_s, "echo": echo, "noise": noise}))
+        for policy in simulated:
             o = run_scenario(_bot(sc.bot_text, bots), gain(clip, sc.gain_db), sc.at_s, judge, asr, echo=echo,
                              noise=noise, policy=policy, options=options)
             row = _row(sc, o)
             rows[policy].append(row)
             entry["outcomes"][policy] = {k: v for k, v in row.items() if k not in ("id", "label")}
+            cpu_ms_by_policy[policy] += sum(o.cpu_ms.values())
+            audio_s_by_policy[policy] += len(o.mic) / 16_000
             if policy == "voicegate":
                 for key, value in o.cpu_ms.items():
                     cpu[key] += value
@@ -127,13 +161,31 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
             progress.update(1)
         per_scenario.append(entry)
     progress.close()
+    if livekit_jobs:
+        from voicegate.bench.peer_livekit import LiveKitRunner
+
+        print(f"voicegate bench: {len(livekit_jobs)} scenarios through LiveKit's AgentSession in real time",
+              file=sys.stderr)
+        runner = LiveKitRunner(asr)
+        for (sc, entry, _), o in zip(livekit_jobs, runner.run_many([job for _, _, job in livekit_jobs]),
+                                     strict=True):
+            row = _row(sc, o)
+            rows[LIVEKIT].append(row)
+            entry["outcomes"][LIVEKIT] = {k: v for k, v in row.items() if k not in ("id", "label")}
+        cpu_ms_by_policy[LIVEKIT] = runner.cpu_s * 1000
+        audio_s_by_policy[LIVEKIT] = runner.audio_s
     report: dict[str, Any] = {
         "corpus": {"manifest": str(manifest), "builtin": corpus is None, "quick": quick, "scenarios": len(scenarios),
                    "labels": {label: sum(s.label == label for s in scenarios)
                               for label in ("interrupt", "backchannel", "noise", "echo")}},
         "machine": {"cpu": lscpu_model(), "python": platform.python_version()},
-        "policies": {p: {**summarize(rows[p]), "per_label": by_label(rows[p]), "per_group": by_group(rows[p])}
-                 for p in policies},
+        "policies": {p: {**summarize(rows[p]), "kind": _kind(p), "per_label": by_label(rows[p]),
+                         "per_group": by_group(rows[p]),
+                         "cpu_total_per_audio_s": round(cpu_ms_by_policy[p] / 1000 / max(audio_s_by_policy[p], 1e-9),
+                                                        4)}
+                     for p in policies},
+        "peers": {"versions": package_versions(), "skipped": skipped,
+                  "notes": PEER_NOTES if any(p in PEERS for p in policies) else []},
         "scenarios": per_scenario,
         "wall_secs": 0.0,
     }
@@ -156,6 +208,10 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None, policies: 
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _kind(policy: str) -> str:
+    return "peer code" if policy in PEERS else "emulation" if policy in EMULATIONS else "voicegate"
 
 
 def _vad_cost_ms() -> float:
@@ -182,7 +238,16 @@ def _targets(policies: dict[str, Any]) -> dict[str, Any]:
     for key, limit in TARGETS.items():
         value = _get(gate, key)
         out[key] = {"value": value, "target": f"<= {limit}", "met": value is not None and value <= limit}
-    baselines = {p: m["apt_s"] for p, m in policies.items() if p != "voicegate"}
+    peers = {p: m for p, m in policies.items() if p in PEERS}
+    if peers:
+        best = min(m["apt_s"] for m in peers.values())
+        out["apt_s.vs_best_peer"] = {"value": gate["apt_s"], "target": f"<= {round(best / 3, 3)} (a third of the "
+                                     f"best peer's {best})", "met": gate["apt_s"] <= best / 3}
+        for key in ("false_stop_rate", "missed_stop_rate"):
+            others = {p: m[key] for p, m in peers.items()}
+            out[f"{key}.vs_peers"] = {"value": gate[key], "target": f"< every peer {others}",
+                                      "met": all(gate[key] < v for v in others.values())}
+    baselines = {p: m["apt_s"] for p, m in policies.items() if p in EMULATIONS}
     if baselines:
         out["apt_s"] = {"value": gate["apt_s"], "target": f"< every baseline {baselines}",
                         "met": all(gate["apt_s"] < v for v in baselines.values())}
@@ -194,13 +259,24 @@ def render_markdown(report: dict[str, Any]) -> str:
     corpus = report["corpus"]
     lines = [f"# voicegate bench — {corpus['scenarios']} scenarios {corpus['labels']}", "",
              f"Manifest: `{corpus['manifest']}`; {report['wall_secs']} s wall; {report['machine']}.", "",
-             "`vad_only`, `min_duration` and `min_words` are emulations of Pipecat's, LiveKit's and word-count "
-             "gates' documented defaults on the same components, not the peers' code.", "",
-             "| policy | time_to_pause p50/p95 ms | verdict_latency p50/p95 ms | false_stop_rate | missed_stop_rate "
-             "| resume_gap p50/p95 ms | apt_s |", "|---|---|---|---|---|---|---|"]
+             "| policy | kind | time_to_pause p50/p95 ms | verdict_latency p50/p95 ms | false_stop_rate "
+             "| missed_stop_rate | resume_gap p50/p95 ms | apt_s | CPU per audio s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for policy, m in report["policies"].items():
-        lines.append(f"| {policy} | {_pp(m['time_to_pause_ms'])} | {_pp(m['verdict_latency_ms'])} | "
-                     f"{m['false_stop_rate']} | {m['missed_stop_rate']} | {_pp(m['resume_gap_ms'])} | {m['apt_s']} |")
+        lines.append(f"| {policy} | {m.get('kind', '')} | {_pp(m['time_to_pause_ms'])} | "
+                     f"{_pp(m['verdict_latency_ms'])} | {m['false_stop_rate']} | {m['missed_stop_rate']} | "
+                     f"{_pp(m['resume_gap_ms'])} | {m['apt_s']} | {m.get('cpu_total_per_audio_s')} |")
+    peers = report.get("peers", {})
+    if peers.get("notes") or peers.get("skipped"):
+        lines += ["", f"Peer packages: {peers.get('versions') or 'none installed'}.", ""]
+        lines += [f"- {note}" for note in peers.get("notes", [])]
+        lines += [f"- skipped {p}: {why}" for p, why in peers.get("skipped", {}).items()]
+    if any(m.get("kind") == "emulation" for m in report["policies"].values()):
+        lines += ["", "`vad_only`, `min_duration` and `min_words` are emulations of Pipecat's, LiveKit's and "
+                  "word-count gates' documented defaults on voicegate's components, not the peers' code."]
+    lines += ["", "CPU per audio s: the policy's own compute per second of audio (fraction of one core): detectors "
+              "and transcripts in the simulated runs; for livekit-1.8 the whole process while its sessions ran "
+              "(LiveKit, transcripts and the bench's media clock)."]
     gate = report["policies"].get("voicegate")
     if gate:
         lines += ["", "## voicegate per label", "", "| label | n | time_to_pause p50/p95 | verdict p50/p95 | "

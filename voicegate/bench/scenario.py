@@ -155,7 +155,8 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     speech_at = speech_onset_ms(clip) if clip.any() else None
     outcome = Outcome(onset_ms=at_s * 1000 + (speech_at if speech_at is not None else onset_ms(clip)))
     outcome.sound_end_ms = at_s * 1000 + (speech_offset_ms(clip) if clip.any() else 0.0)
-    earliest = at_s * 1000  # anything decided once the clip has begun is the clip's doing
+    # Anything decided once the clip has begun is the clip's doing; with no clip (echo only) everything is.
+    earliest = at_s * 1000 if clip.any() else 0.0
     resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
     bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
     out_frames = []
@@ -200,6 +201,9 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
                 (playout.paused and not was_paused) or playout.generation != generation):
             outcome.silence_ms = effective
     driver.deliver(float("inf"))
+    close = getattr(gate, "close", None)
+    if close is not None:
+        close()
     for event in events.history:
         if event["t_ms"] < earliest:
             continue

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,10 @@ class GateModels:
                 self.echo_failed_reported = True
                 result.echo_failed = True
         return result
+
+    def remember(self, pcm: np.ndarray) -> None:
+        """Keep a chunk for transcription without running the detectors (a benchmark peer runs its own)."""
+        self._remember(pcm)
 
     def _remember(self, pcm: np.ndarray) -> None:
         size = len(self._ring)
@@ -256,6 +261,9 @@ class OfflineGateDriver:
     def feed(self, pcm: np.ndarray, chunk_end_ms: float) -> None:
         """Process one chunk that was fully received at ``chunk_end_ms``."""
         self.deliver(chunk_end_ms)
+        if getattr(self.gate, "wants_audio", False):
+            self._feed_peer(pcm, chunk_end_ms)
+            return
         result = self.models.step(pcm, self.gate.hangover_ms)
         compute_ms = result.vad_ms + result.kws_ms + result.echo_ms + result.aec_ms
         self.gate.input_lag_ms = compute_ms
@@ -273,6 +281,16 @@ class OfflineGateDriver:
         for window in result.windows:
             self.trace.append((window.end_samples / 16.0, window.prob, window.voiced))
             self.gate.on_window(window, self.now_ms)
+
+    def _feed_peer(self, pcm: np.ndarray, chunk_end_ms: float) -> None:
+        """A benchmark peer with its own VAD gets the raw chunk; its decisions land after its compute time."""
+        gate: Any = self.gate
+        self.models.remember(pcm)
+        compute_ms = float(gate.on_audio(pcm, chunk_end_ms))
+        self.cpu_ms["vad"] += compute_ms
+        self.now_ms = chunk_end_ms + compute_ms
+        self.sim.now_ms = max(self.sim.now_ms, self.now_ms)
+        gate.apply(self.now_ms)
 
     def deliver(self, until_ms: float) -> None:
         """Hand over every transcript ready by ``until_ms``."""
