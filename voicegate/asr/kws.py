@@ -66,6 +66,10 @@ class KeywordSpotter:
         self.reset()
         return [KeywordHit(hyp.hypstr.strip().split("  ")[0].strip(), self._position)]
 
+    def skip(self, samples: int) -> None:
+        """Let ``samples`` of silence pass without decoding them (stream positions stay right)."""
+        self._position += samples
+
     def reset(self) -> None:
         """Start a fresh utterance (after a hit, or when the bot starts a new turn)."""
         if self._decoder is None:

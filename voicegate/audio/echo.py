@@ -27,6 +27,8 @@ from voicegate.audio.aec import OUTPUT_DELAY_SAMPLES, EchoCanceller, unavailable
 from voicegate.config import PIPELINE_SAMPLE_RATE
 
 RING_SECS = 2.0
+MIN_WINDOW_ENERGY = 1e3
+"""Sum of squares (s16 units) under which a window is too quiet to correlate (≈ −87 dBFS over 512 samples)."""
 ANCHOR_MARGIN_MS = 20.0
 """The reference is read this far behind the newest outbound sample, so a burst of inbound packets never asks
 for audio that has not been played yet."""
@@ -55,7 +57,7 @@ class EchoGuard:
         w = window.astype(np.float32)
         w_energy = float(np.dot(w, w))
         n = len(w)
-        if w_energy < 1e3 or float(np.dot(ref, ref)) < 1e3 * len(ref) / n:
+        if w_energy < MIN_WINDOW_ENERGY or float(np.dot(ref, ref)) < MIN_WINDOW_ENERGY * len(ref) / n:
             return None
         corr = np.fft.irfft(np.fft.rfft(ref, self._nfft) * np.conj(np.fft.rfft(w, self._nfft)), self._nfft)
         corr = corr[: len(ref) - n + 1]
@@ -84,6 +86,13 @@ class EchoGuard:
             return 0.0
         lo, hi = max(0, self.locked_delay - self.tolerance), self.locked_delay + self.tolerance + 1
         return float(min(1.0, ncc[lo:hi].max()))
+
+    def silent(self) -> None:
+        """A window too quiet to correlate (skipped): the same bookkeeping as one with no correlation."""
+        self._since_confirmed += 1
+        if self.locked_delay is not None and self._since_confirmed > self.hold_windows:
+            self.locked_delay = None
+        self._candidates.append((-1, 0.0))
 
     def _update_lock(self) -> None:
         strong = [d for d, p in self._candidates if p >= self.lock_ncc and d >= 0]
@@ -116,6 +125,10 @@ class EchoControl:
         self._resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
         self._ring = np.zeros(int(RING_SECS * PIPELINE_SAMPLE_RATE), np.float32)
         self._written = 0
+        """16 kHz reference samples converted into the ring so far."""
+        self._queued: deque[np.ndarray] = deque()
+        self._queued_samples = 0
+        self._dropped_16k = 0
         self._lock = threading.Lock()
         self._offset: int | None = None
         """Reference index = inbound index + offset (locked at the first chunk, re-locked after a jump)."""
@@ -127,7 +140,30 @@ class EchoControl:
         self.reanchors = 0
 
     def add_outbound(self, pcm: np.ndarray) -> None:
-        """Record one outbound frame (at the playout rate) as it is sent."""
+        """Record one outbound frame (at the playout rate) as it is sent.
+
+        Cheap on purpose (it runs on the event loop for every frame of every call): the frame is only queued;
+        the gate thread converts the queue to 16 kHz when it next needs the reference (:meth:`_reference`), so a
+        call whose caller is silent never pays for it.
+        """
+        with self._lock:
+            self._queued.append(pcm.copy())
+            self._queued_samples += len(pcm)
+            while self._queued_samples > self._rate * RING_SECS:
+                dropped = len(self._queued.popleft())
+                self._queued_samples -= dropped
+                self._dropped_16k += dropped * PIPELINE_SAMPLE_RATE // self._rate
+
+    def _convert(self) -> None:
+        """Resample the queued outbound frames into the 16 kHz ring (gate thread; call with the lock held)."""
+        # More than the ring holds was queued while nobody looked: the oldest part only moves the index on.
+        self._written += self._dropped_16k
+        self._dropped_16k = 0
+        if not self._queued:
+            return
+        pcm = np.concatenate(self._queued)
+        self._queued.clear()
+        self._queued_samples = 0
         if self._rate == PIPELINE_SAMPLE_RATE:
             data = pcm.astype(np.float32)
         else:
@@ -137,17 +173,20 @@ class EchoControl:
             if not parts:
                 return
             data = np.concatenate(parts).astype(np.float32)
-        with self._lock:
-            size = len(self._ring)
-            idx = (self._written + np.arange(len(data))) % size
-            self._ring[idx] = data
-            self._written += len(data)
+        size = len(self._ring)
+        data = data[-size:]
+        at = self._written % size
+        first = min(len(data), size - at)
+        self._ring[at:at + first] = data[:first]
+        self._ring[:len(data) - first] = data[first:]
+        self._written += len(data)
 
     def _reference(self, end: int, length: int) -> np.ndarray:
         """``length`` reference samples ending at reference index ``end`` (zeros for what was never played)."""
         size = len(self._ring)
         out = np.zeros(length, np.float32)
         with self._lock:
+            self._convert()
             lo = max(end - length, self._written - size, 0)
             hi = min(end, self._written)
             if hi > lo:
@@ -163,7 +202,8 @@ class EchoControl:
 
     def _anchor(self, chunk_end: int) -> int:
         with self._lock:
-            now = self._written - chunk_end - int(ANCHOR_MARGIN_MS * PIPELINE_SAMPLE_RATE / 1000)
+            written = self._written + self._dropped_16k + self._queued_samples * PIPELINE_SAMPLE_RATE // self._rate
+            now = written - chunk_end - int(ANCHOR_MARGIN_MS * PIPELINE_SAMPLE_RATE / 1000)
         if self._offset is None or abs(now - self._offset) > REANCHOR_MS * PIPELINE_SAMPLE_RATE / 1000:
             if self._offset is not None:
                 self.reanchors += 1
@@ -217,6 +257,18 @@ class EchoControl:
         offset = self._offset if self._offset is not None else self._anchor(end)
         ref = self._reference(end - self.lag + offset, self.guard.max_delay + len(raw_window))
         return self.guard.score(raw_window, ref)
+
+    @staticmethod
+    def too_quiet(raw_window: np.ndarray) -> bool:
+        """Would :meth:`score` find nothing to correlate in this window? (Then :meth:`skip` does the same work.)"""
+        x = raw_window.astype(np.float32)
+        return float(np.dot(x, x)) < MIN_WINDOW_ENERGY
+
+    def skip(self, raw_window: np.ndarray) -> None:
+        """A window too quiet to correlate: the guard's history moves on exactly as :meth:`score` and
+        :meth:`is_echo` would have moved it, without the correlation."""
+        self.guard.silent()
+        self._echo_windows.append((0.0, _dbfs(raw_window)))
 
     def close(self) -> None:
         """Release the canceller's native state."""

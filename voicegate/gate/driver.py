@@ -23,7 +23,7 @@ from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
 from voicegate.audio.echo import EchoControl
-from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow
+from voicegate.audio.vad import SILENCE_MARGIN_DB, WINDOW_SAMPLES, VadDetector, VadWindow, dbfs_window
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, options_from_env
 from voicegate.gate.reflex import Gate
 
@@ -68,6 +68,10 @@ class GateModels:
         self._ring = np.zeros(PIPELINE_SAMPLE_RATE * RING_SECS, dtype=np.int16)
         self.position = 0
         self.echo_failed_reported = False
+        self.kws_enabled = True
+        """Set from the event loop: False while the bot is silent (nothing to stop), which skips the spotter."""
+        self._kws_was_enabled = True
+        self._silence_dbfs = options.min_speech_dbfs - SILENCE_MARGIN_DB
 
     def add_outbound(self, pcm: np.ndarray) -> None:
         """Record one outbound frame as it is sent (the echo reference); any thread."""
@@ -86,7 +90,16 @@ class GateModels:
         t1 = time.perf_counter()
         result.aec_ms = (t1 - t0) * 1000
         self._remember(clean)
-        result.hits = self.kws.feed(clean) if len(clean) else []
+        if self.kws_enabled and not self._kws_was_enabled:
+            self.kws.reset()  # the bot speaks again: spot from a fresh utterance
+        self._kws_was_enabled = self.kws_enabled
+        if not len(clean):
+            result.hits = []
+        elif not self.kws_enabled or dbfs_window(clean) < self._silence_dbfs:
+            self.kws.skip(len(clean))  # no stop phrase to spot: the bot is silent, or so is the caller
+            result.hits = []
+        else:
+            result.hits = self.kws.feed(clean)
         t2 = time.perf_counter()
         result.kws_ms = (t2 - t1) * 1000
         self._raw = np.concatenate([self._raw, raw])
@@ -100,8 +113,11 @@ class GateModels:
             end = self.position - (len(self._clean) - consumed)
             score, is_echo = 0.0, False
             if self.echo is not None:
-                score = self.echo.score(raw_window, end)
-                is_echo = self.echo.is_echo(raw_window, window, score)
+                if self.echo.aec is None and self.echo.too_quiet(raw_window):
+                    self.echo.skip(raw_window)
+                else:
+                    score = self.echo.score(raw_window, end)
+                    is_echo = self.echo.is_echo(raw_window, window, score)
             t4 = time.perf_counter()
             result.echo_ms += (t4 - t3) * 1000
             result.windows.append(self.vad.step(window, is_echo, hangover_ms))
@@ -170,6 +186,7 @@ class LiveGateDriver:
     async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
         """Run one chunk; decisions are applied on the event loop as soon as the models return."""
         loop = self._loop = asyncio.get_running_loop()
+        self.models.kws_enabled = spotter_wanted(self.gate)
         result = await loop.run_in_executor(self.executor, self.models.step, pcm, self.gate.hangover_ms)
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
@@ -215,6 +232,12 @@ class LiveGateDriver:
             # On the gate thread, after any step in flight: the native canceller must not vanish under it.
             self.executor.submit(self.models.echo.close)
         self.executor.shutdown(wait=False)
+
+
+def spotter_wanted(gate: Gate) -> bool:
+    """Stop phrases only count while the bot speaks or waits on a verdict; otherwise the spotter can rest."""
+    sink = getattr(gate, "sink", None)
+    return True if sink is None else bool(sink.bot_active)
 
 
 def deliver_result(gate: Gate, cpu_ms: dict[str, float], req: AsrRequest, transcript: Transcript | None,
@@ -264,6 +287,7 @@ class OfflineGateDriver:
         if getattr(self.gate, "wants_audio", False):
             self._feed_peer(pcm, chunk_end_ms)
             return
+        self.models.kws_enabled = spotter_wanted(self.gate)
         result = self.models.step(pcm, self.gate.hangover_ms)
         compute_ms = result.vad_ms + result.kws_ms + result.echo_ms + result.aec_ms
         self.gate.input_lag_ms = compute_ms
