@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMPS := .stamps
 HOST ?= 127.0.0.1
 PORT ?= 8080
-APT_PACKAGES := espeak-ng chromium chromium-driver g++ libwebrtc-audio-processing-dev
+APT_PACKAGES := espeak-ng chromium chromium-driver g++ libwebrtc-audio-processing-dev haproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VOSK_MODEL := vosk-model-small-en-us-0.15
 

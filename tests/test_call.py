@@ -57,7 +57,9 @@ async def test_bot_greets_within_1_5_s_and_events_flow(server: TestServer) -> No
         await asyncio.sleep(1.0)
         assert caller.bot_rms(last_frames=25) > 200, "the caller hears the bot's voice"
         async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/healthz") as res:
-            assert await res.json() == {"status": "ok", "sessions": 1}
+            assert await res.json() == {"status": "ok", "sessions": 1, "max_sessions": 4, "full": False}
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/readyz") as res:
+            assert res.status == 200 and (await res.json())["ready"] is True
     finally:
         await caller.close()
     await _wait_for(lambda: not server.app[SESSIONS])

@@ -15,6 +15,7 @@ from voicegate.config import options_from_env
 def _serve(args: argparse.Namespace) -> int:
     import ipaddress
 
+    from aiohttp import log as web_log
     from aiohttp import web
 
     from voicegate.server.app import create_app
@@ -34,8 +35,20 @@ def _serve(args: argparse.Namespace) -> int:
               "(clients send Authorization: Bearer <token>), or pass --insecure", file=sys.stderr)
         return 2
     options = replace(options, server=server)
-    print(f"voicegate: serving on http://{args.host}:{args.port}/", flush=True)
-    web.run_app(create_app(options), host=args.host, port=args.port, print=None)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        print("voicegate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers == 1:
+        print(f"voicegate: serving on http://{args.host}:{args.port}/", flush=True)
+        worker_of_supervisor = "VOICEGATE_WORKER_INDEX" in os.environ  # the supervisor logs the offers it routes
+        web.run_app(create_app(options), host=args.host, port=args.port, print=None,
+                    access_log=None if worker_of_supervisor else web_log.access_logger)
+        return 0
+    from voicegate.server.supervisor import create_supervisor_app
+
+    print(f"voicegate: serving on http://{args.host}:{args.port}/ with {workers} workers", flush=True)
+    web.run_app(create_supervisor_app(options, workers), host=args.host, port=args.port, print=None)
     return 0
 
 
@@ -124,7 +137,9 @@ def _load(args: argparse.Namespace) -> int:
         print(json.dumps(asyncio.run(run_soak(args.soak)), indent=1))
         return 0
     for calls in args.calls:
-        print(json.dumps(asyncio.run(run_load(calls, args.secs, args.url))), flush=True)
+        print(json.dumps(asyncio.run(run_load(calls, args.secs, args.url, quiet=args.quiet, workers=args.workers,
+                                              server_pid=args.server_pid))),
+              flush=True)
     return 0
 
 
@@ -138,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--ice-server", action="append", default=[],
                        help="STUN/TURN URL for RTCConfiguration (repeatable); none by default")
-    serve.add_argument("--max-sessions", type=int, default=None, help="concurrent calls (VOICEGATE_MAX_SESSIONS)")
+    serve.add_argument("--max-sessions", type=int, default=None,
+                       help="concurrent calls per worker (VOICEGATE_MAX_SESSIONS)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes behind the one port (default: the number of cores; 1 = no supervisor)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a non-loopback host without VOICEGATE_TOKEN")
     serve.set_defaults(func=_serve)
@@ -187,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--secs", type=float, default=20.0, help="talk time per run")
     load.add_argument("--url", default=None, help="an already running server (default: start one)")
     load.add_argument("--soak", type=int, default=0, metavar="CYCLES", help="sequential connect/talk/hang-up")
+    load.add_argument("--quiet", action="store_true",
+                      help="callers stay silent while the bot talks: the cost of listening (default: barge-in)")
+    load.add_argument("--server-pid", type=int, default=None,
+                      help="with --url: the server's process id, to measure its CPU (and its workers')")
+    load.add_argument("--workers", type=int, default=None,
+                      help="start the server with --workers N (default: the server's own default)")
     load.set_defaults(func=_load)
     return parser
 

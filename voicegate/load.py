@@ -1,13 +1,18 @@
 """``voicegate load``: N concurrent real WebRTC calls on loopback, and a connect/talk/hang-up soak.
 
-The server runs in its own process (started here unless ``--url`` is given) so that its CPU is measured alone;
-the callers run in this process. Each caller says "stop" or "uh-huh" (espeak-ng) every few seconds while the bot
-talks. Figures come from the server's ``/metrics`` and ``/proc``.
+The server runs in its own process tree (started here unless ``--url`` is given; with ``--workers`` a supervisor
+and its workers) and its CPU is measured alone, over the whole tree. The callers run in *other* processes
+(``CALLS_PER_PROCESS`` calls each) so that their cost is neither charged to the server nor starves it unnoticed:
+the report gives the callers' CPU and the machine's idle share beside the server's. In the default (barge-in)
+mode each caller says "stop", "uh-huh", "wait a second" or "okay" (espeak-ng) every few seconds while the bot
+talks; with ``quiet`` the callers stay silent (the cost of listening). Figures come from the server's
+``/metrics`` and ``/proc``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -24,25 +29,75 @@ from voicegate.audio.pcm import resample
 from voicegate.client import Caller, ClipTrack
 from voicegate.tts.espeak import EspeakTts
 
+CALLS_PER_PROCESS = 3
+
+
+def _stat(pid: int) -> list[str]:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (Linux ``/proc``)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(parents.get(current, []))
+    return out
+
+
+def tree_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = _stat(member)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_times() -> tuple[float, float]:
+    """(idle + iowait, total) jiffies of the whole machine since boot (``/proc/stat``)."""
+    values = [float(v) for v in open("/proc/stat").readline().split()[1:]]
+    return values[3] + values[4], sum(values[:8])
+
 
 @dataclass
 class ServerProcess:
-    """A ``voicegate serve`` child process."""
+    """A ``voicegate serve`` child process (with ``--workers``: a supervisor and its workers)."""
 
     proc: asyncio.subprocess.Process
     url: str
 
     def cpu_secs(self) -> float:
-        """User + system CPU seconds used so far (Linux ``/proc``)."""
-        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds used so far by the server's whole process tree."""
+        return tree_cpu_secs(self.proc.pid)
 
     def rss_mb(self) -> float:
-        """Resident memory in MB."""
-        for line in open(f"/proc/{self.proc.pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """Resident memory of the whole tree in MB."""
+        return self.rss_of(self.proc.pid)
+
+    @staticmethod
+    def rss_of(pid: int) -> float:
+        """Resident memory of ``pid``'s tree in MB."""
+        total = 0.0
+        for member in process_tree(pid):
+            try:
+                for line in open(f"/proc/{member}/status"):
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+            except OSError:
+                continue
+        return total
 
     async def stop(self) -> None:
         """Terminate and wait."""
@@ -50,14 +105,16 @@ class ServerProcess:
         await asyncio.wait_for(self.proc.wait(), 20)
 
 
-async def start_server(max_sessions: int) -> ServerProcess:
+async def start_server(max_sessions: int, workers: int | None = None) -> ServerProcess:
     """Start ``voicegate serve`` on a free loopback port and wait for ``/healthz``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "VOICEGATE_MAX_SESSIONS": str(max_sessions), "VOICEGATE_OFFERS_PER_MINUTE": "0"}
+    extra = ["--workers", str(workers)] if workers is not None else []
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicegate", "serve", "--port", str(port),
-                                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                                *extra, env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
         for _ in range(200):
@@ -72,15 +129,16 @@ async def start_server(max_sessions: int) -> ServerProcess:
 
 
 async def scrape(url: str, token: str | None = None) -> dict[str, float]:
-    """The server's metrics as ``{series{labels}: value}``."""
+    """The server's metrics as ``{series{labels}: value}``, summed over workers (their ``worker`` label dropped)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics", headers=headers) as res:
         text = await res.text()
-    out = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.eE+-]+)$", line)
         if match:
-            out[match.group(1)] = float(match.group(2))
+            key = re.sub(r'worker="\d+",?', "", match.group(1)).replace("{}", "")
+            out[key] = out.get(key, 0.0) + float(match.group(2))
     return out
 
 
@@ -107,11 +165,15 @@ def histogram_p95_ms(before: dict[str, float], after: dict[str, float], name: st
     return None
 
 
-def late_fraction(metrics: dict[str, float], over_secs: float = 0.02) -> float:
-    """Fraction of outbound frames produced more than ``over_secs`` late (from the histogram buckets)."""
-    total = metrics.get("voicegate_playout_late_seconds_count", 0.0)
-    within = metrics.get(f'voicegate_playout_late_seconds_bucket{{le="{over_secs}"}}', total)
-    return (total - within) / total if total else 0.0
+def late_fraction(metrics: dict[str, float], before: dict[str, float] | None = None,
+                  over_secs: float = 0.02) -> float:
+    """Fraction of outbound frames produced more than ``over_secs`` late during the run (histogram buckets)."""
+    before = before or {}
+    key = f'voicegate_playout_late_seconds_bucket{{le="{over_secs}"}}'
+    total = metrics.get("voicegate_playout_late_seconds_count", 0.0) - \
+        before.get("voicegate_playout_late_seconds_count", 0.0)
+    within = metrics.get(key, 0.0) - before.get(key, 0.0)
+    return (total - within) / total if total > 0 else 0.0
 
 
 async def _phrases() -> list[np.ndarray]:
@@ -132,30 +194,104 @@ async def _talk(caller: Caller, phrases: list[np.ndarray], secs: float, offset: 
         i += 1
 
 
-async def run_load(calls: int, secs: float, url: str | None = None) -> dict[str, Any]:
+async def run_callers(url: str, calls: int, secs: float, offset: int, quiet: bool) -> None:
+    """A caller process: connect ``calls`` calls, say so on stdout, wait for ``go`` on stdin, talk (or stay
+    quiet) for ``secs``, then print what the callers saw as one JSON line."""
+    loop = asyncio.get_running_loop()
+    phrases = [] if quiet else await _phrases()
+    callers = [Caller(url, ClipTrack(), keep_frames=False) for _ in range(calls)]
+    results = await asyncio.gather(*(c.connect() for c in callers), return_exceptions=True)
+    failed = [str(r) for r in results if isinstance(r, BaseException)]
+    live = [c for c, r in zip(callers, results, strict=True) if not isinstance(r, BaseException)]
+    print(json.dumps({"connected": len(live), "failed": failed}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    cpu0 = time.process_time()
+    if quiet:
+        await asyncio.sleep(secs)
+    else:
+        await asyncio.gather(*(_talk(c, phrases, secs, offset + i) for i, c in enumerate(live)))
+    cpu = time.process_time() - cpu0
+    pauses = [e["since_onset_ms"] for c in live for e in c.events
+              if e["type"] == "bot.paused" and "since_onset_ms" in e]
+    verdicts = [e["ms_since_onset"] for c in live for e in c.events if e["type"] == "gate.verdict"]
+    print(json.dumps({"pauses": pauses, "verdicts": verdicts, "cpu_secs": cpu}), flush=True)
+    await asyncio.gather(*(c.close() for c in callers), return_exceptions=True)
+
+
+async def _spawn_callers(url: str, calls: int, secs: float, offset: int, quiet: bool) -> asyncio.subprocess.Process:
+    args = [sys.executable, "-m", "voicegate.load", url, str(calls), str(secs), str(offset), "1" if quiet else "0"]
+    return await asyncio.create_subprocess_exec(*args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                stderr=subprocess.DEVNULL)
+
+
+async def _line(proc: asyncio.subprocess.Process, within_secs: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    raw = await asyncio.wait_for(proc.stdout.readline(), within_secs)
+    if not raw:
+        raise RuntimeError("a caller process exited early")
+    return dict(json.loads(raw))
+
+
+@dataclass
+class _Running:
+    """A server started elsewhere whose process id is known (its CPU is measured over its tree)."""
+
+    pid: int
+    url: str
+
+    def cpu_secs(self) -> float:
+        return tree_cpu_secs(self.pid)
+
+    def rss_mb(self) -> float:
+        return ServerProcess.rss_of(self.pid)
+
+    async def stop(self) -> None:
+        """Not ours to stop."""
+
+
+async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool = False,
+                   workers: int | None = None, server_pid: int | None = None) -> dict[str, Any]:
     """Open ``calls`` concurrent calls for ``secs`` seconds; return the figures."""
-    server = None if url else await start_server(max(calls, 1))
+    server: ServerProcess | _Running | None
+    if url:
+        server = _Running(server_pid, url) if server_pid else None
+    else:
+        server = await start_server(max(calls, 1), workers)
     base = url or (server.url if server else "")
-    phrases = await _phrases()
-    callers = [Caller(base, ClipTrack(), keep_frames=False) for _ in range(calls)]
+    groups = [min(CALLS_PER_PROCESS, calls - i) for i in range(0, calls, CALLS_PER_PROCESS)]
+    procs = [await _spawn_callers(base, n, secs, i * CALLS_PER_PROCESS, quiet) for i, n in enumerate(groups)]
     try:
-        await asyncio.gather(*(c.connect() for c in callers))
+        hello = [await _line(p, 90) for p in procs]
+        await asyncio.sleep(1.0)  # let every call reach its steady state
         before = await scrape(base)
         cpu0, t0 = (server.cpu_secs() if server else 0.0), time.monotonic()
-        await asyncio.gather(*(_talk(c, phrases, secs, i) for i, c in enumerate(callers)))
+        idle0, total0 = machine_times()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            await p.stdin.drain()
+        results = [await _line(p, secs + 60) for p in procs]
         elapsed = time.monotonic() - t0
         cpu = (server.cpu_secs() - cpu0) if server else float("nan")
+        idle1, total1 = machine_times()
         metrics = await scrape(base)
     finally:
-        await asyncio.gather(*(c.close() for c in callers), return_exceptions=True)
-    pauses = [e["since_onset_ms"] for c in callers for e in c.events
-              if e["type"] == "bot.paused" and "since_onset_ms" in e]
-    verdicts = [e["ms_since_onset"] for c in callers for e in c.events if e["type"] == "gate.verdict"]
+        for p in procs:
+            if p.stdin is not None and not p.stdin.is_closing():
+                p.stdin.close()
+        await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in procs), return_exceptions=True)
+    pauses = [v for r in results for v in r["pauses"]]
+    verdicts = [v for r in results for v in r["verdicts"]]
+    callers_cpu = sum(r["cpu_secs"] for r in results)
     result = {
-        "calls": calls, "secs": round(elapsed, 1),
+        "calls": calls, "mode": "quiet" if quiet else "barge-in", "secs": round(elapsed, 1),
+        "workers": workers, "failed_calls": sum(len(h["failed"]) for h in hello),
         "server_cpu_percent_of_one_core": round(100 * cpu / elapsed, 1),
         "per_call_cpu_percent": round(100 * cpu / elapsed / max(calls, 1), 1),
-        "frames_late_over_20ms": round(late_fraction(metrics), 4),
+        "callers_cpu_percent_of_one_core": round(100 * callers_cpu / elapsed, 1),
+        "caller_processes": len(procs),
+        "machine_idle_percent": round(100 * (idle1 - idle0) / max(total1 - total0, 1e-9), 1),
+        "frames_late_over_20ms": round(late_fraction(metrics, before), 4),
         "time_to_pause_ms_p95": round(float(np.percentile(pauses, 95)), 1) if pauses else None,
         "verdict_ms_p50": round(float(np.percentile(verdicts, 50)), 1) if verdicts else None,
         "pauses": len(pauses),
@@ -191,3 +327,7 @@ async def run_soak(cycles: int, talk_secs: float = 1.5) -> dict[str, Any]:
     finally:
         await server.stop()
     return {"cycles": cycles, "samples": samples}
+
+
+if __name__ == "__main__":  # a caller process of run_load: URL CALLS SECS OFFSET QUIET
+    asyncio.run(run_callers(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"))

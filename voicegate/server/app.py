@@ -1,4 +1,4 @@
-"""The aiohttp application: ``POST /offer``, ``GET /healthz``, ``GET /metrics``, the demo page.
+"""The aiohttp application: ``POST /offer``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, the demo page.
 
 Every error is JSON ``{"error": ...}`` with a precise message; nothing a client sends can crash the server or
 touch another call.
@@ -152,8 +152,17 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness plus the number of live calls (never needs the token)."""
-    return web.json_response({"status": "ok", "sessions": len(request.app[SESSIONS])})
+    """Liveness plus the number of live calls and whether another fits (never needs the token)."""
+    sessions, limit = len(request.app[SESSIONS]), request.app[OPTIONS].server.max_sessions
+    return web.json_response({"status": "ok", "sessions": sessions, "max_sessions": limit,
+                              "full": sessions >= limit})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 while another call fits, 503 when full: what a load balancer checks before sending an offer here."""
+    sessions, limit = len(request.app[SESSIONS]), request.app[OPTIONS].server.max_sessions
+    return web.json_response({"ready": sessions < limit, "sessions": sessions, "max_sessions": limit},
+                             status=200 if sessions < limit else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -184,6 +193,7 @@ def create_app(options: Options | None = None) -> web.Application:
     app[RATE] = rate
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", index)
     app.router.add_static("/static/", options.server.web_dir)

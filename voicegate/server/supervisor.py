@@ -1,0 +1,299 @@
+"""``voicegate serve --workers N``: one HTTP port, N worker processes, every core used.
+
+A call's media is a peer-to-peer UDP flow between the browser and the process that answered its offer, so only the
+offer has to be routed. The supervisor owns the public port and the same guards as a single server (token, CORS,
+rate limit, body size); it forwards each ``POST /offer`` to the worker with the most free capacity (each worker
+listens on its own loopback port, and its answer carries its own ICE candidates, so the media goes straight to it).
+A worker at capacity is never offered a call another worker could take; when every worker is full the supervisor
+answers 503 itself.
+
+- ``GET /healthz``: the sum over workers, plus ``workers`` alive and ``max_sessions`` (all workers together).
+- ``GET /readyz``: 200 while a call can be taken, 503 when every worker is full (for load balancers).
+- ``GET /metrics``: every worker's series labelled ``worker="i"``, then the supervisor's own.
+- A worker that dies is restarted on a new port (its calls are gone with it: their peers see the connection end);
+  ``SIGTERM`` stops every worker, each of which closes its calls cleanly, then the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from voicegate.config import Options
+from voicegate.server.app import METRICS, OPTIONS, RATE, _error, _rate_limited, auth, cors, index, json_errors
+from voicegate.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+POLL_SECS = 0.25
+WORKER_START_SECS = 60.0
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?( .*)$")
+
+
+@dataclass
+class Worker:
+    """One ``voicegate serve`` worker process on a loopback port."""
+
+    index: int
+    port: int = 0
+    proc: asyncio.subprocess.Process | None = None
+    sessions: int = 0
+    """Its calls as routing counts them: the last poll's figure plus calls answered since that poll began."""
+    reported: int = 0
+    """Its calls as its last ``/healthz`` said."""
+    pending: int = 0
+    """Offers forwarded and not yet answered (counted against its capacity until ``/healthz`` shows them)."""
+    ready: bool = False
+    answered_at: list[float] = field(default_factory=list)
+    """When offers it answered came back: a ``/healthz`` poll that started earlier may not count those calls."""
+    restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Supervisor:
+    """Starts, watches, routes to and stops the workers."""
+
+    def __init__(self, options: Options, workers: int) -> None:
+        self.options = options
+        self.workers = [Worker(i) for i in range(workers)]
+        self.http: aiohttp.ClientSession | None = None
+        self.closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.registry = CollectorRegistry()
+        self.routed = Counter("voicegate_supervisor_offers", "Offers by outcome at the supervisor", ["outcome"],
+                              registry=self.registry)
+        self.alive = Gauge("voicegate_supervisor_workers_alive", "Workers answering /healthz", registry=self.registry)
+        self.restarts = Counter("voicegate_supervisor_worker_restarts", "Workers restarted after dying",
+                                registry=self.registry)
+
+    @property
+    def capacity(self) -> int:
+        """Calls all live workers can hold together."""
+        return self.options.server.max_sessions * sum(w.ready for w in self.workers)
+
+    @property
+    def sessions(self) -> int:
+        """Live calls over all workers, as they last reported them."""
+        return sum(w.reported for w in self.workers if w.ready)
+
+    async def start(self) -> None:
+        """Start every worker and wait until each answers ``/healthz``."""
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        self._tasks = [asyncio.ensure_future(self._poll())] + [
+            asyncio.ensure_future(self._watch(w)) for w in self.workers]
+
+    async def _spawn(self, worker: Worker) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            worker.port = s.getsockname()[1]
+        worker.ready, worker.sessions, worker.reported, worker.pending = False, 0, 0, 0
+        worker.answered_at = []
+        worker.started = time.monotonic()
+        worker.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "voicegate", "serve", "--workers", "1", "--host", "127.0.0.1",
+            "--port", str(worker.port), "--max-sessions", str(self.options.server.max_sessions),
+            *(a for url in self.options.server.ice_servers for a in ("--ice-server", url)),
+            env={**os.environ, "VOICEGATE_OFFERS_PER_MINUTE": "0", "VOICEGATE_WORKER_INDEX": str(worker.index)},
+            stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + WORKER_START_SECS
+        while time.monotonic() < deadline and worker.proc.returncode is None:
+            if await self._check(worker):
+                log.info("worker %d ready on port %d (pid %d)", worker.index, worker.port, worker.proc.pid)
+                return
+            await asyncio.sleep(0.1)
+        log.error("worker %d did not come up on port %d", worker.index, worker.port)
+
+    async def _check(self, worker: Worker) -> bool:
+        assert self.http is not None
+        started = time.monotonic()
+        try:
+            async with self.http.get(f"{worker.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as res:
+                body = await res.json()
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            worker.ready = False
+            return False
+        # Calls answered after this poll began may be missing from its count: keep counting them until a later
+        # poll (which certainly includes them) — never under-count a worker's load.
+        worker.answered_at = [t for t in worker.answered_at if t > started]
+        worker.reported = int(body.get("sessions", 0))
+        worker.sessions = worker.reported + len(worker.answered_at)
+        worker.ready = True
+        return True
+
+    async def _poll(self) -> None:
+        while not self.closing:
+            await asyncio.gather(*(self._check(w) for w in self.workers if w.proc and w.proc.returncode is None))
+            self.alive.set(sum(w.ready for w in self.workers))
+            await asyncio.sleep(POLL_SECS)
+
+    async def _watch(self, worker: Worker) -> None:
+        """Restart ``worker`` whenever it dies, until the supervisor is closing."""
+        while not self.closing:
+            assert worker.proc is not None
+            code = await worker.proc.wait()
+            worker.ready = False
+            if self.closing:
+                return
+            log.error("worker %d (pid %d) exited with %s: restarting it; its calls have ended", worker.index,
+                      worker.proc.pid, code)
+            worker.restarts += 1
+            self.restarts.inc()
+            await self._spawn(worker)
+
+    def pick(self) -> list[Worker]:
+        """Live workers with room for one more call, most free first."""
+        limit = self.options.server.max_sessions
+        free = [w for w in self.workers if w.ready and w.sessions + w.pending < limit]
+        return sorted(free, key=lambda w: (w.sessions + w.pending, w.index))
+
+    async def forward_offer(self, body: bytes, headers: dict[str, str]) -> web.Response:
+        """Send the offer to the freest worker; on a race (its 503) try the next one."""
+        assert self.http is not None
+        for worker in self.pick():
+            worker.pending += 1
+            try:
+                async with self.http.post(f"{worker.url}/offer", data=body, headers=headers) as res:
+                    payload = await res.read()
+                    status = res.status
+                    content_type = res.headers.get("Content-Type", "application/json")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("worker %d did not answer an offer: %s", worker.index, exc)
+                continue
+            finally:
+                worker.pending -= 1
+            if status == 503:
+                continue
+            if status == 200:
+                worker.answered_at.append(time.monotonic())
+                worker.sessions += 1
+            self.routed.labels("answered" if status == 200 else f"http_{status}").inc()
+            return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+        self.routed.labels("over_capacity").inc()
+        return _error(503, f"at capacity: {self.capacity} calls on {sum(w.ready for w in self.workers)} workers "
+                           f"(VOICEGATE_MAX_SESSIONS per worker, --workers)", **{"Retry-After": "5"})
+
+    async def metrics_text(self) -> str:
+        """Every worker's exposition with a ``worker`` label, then the supervisor's own series."""
+        assert self.http is not None
+        seen: set[str] = set()
+        lines: list[str] = []
+        headers = {"Authorization": f"Bearer {self.options.server.token}"} if self.options.server.token else {}
+        for worker in self.workers:
+            if not worker.ready:
+                continue
+            try:
+                async with self.http.get(f"{worker.url}/metrics", headers=headers) as res:
+                    text = await res.text()
+            except (TimeoutError, aiohttp.ClientError):
+                continue
+            for line in text.splitlines():
+                if line.startswith("#"):
+                    if line not in seen:
+                        seen.add(line)
+                        lines.append(line)
+                    continue
+                match = _SAMPLE.match(line)
+                if not match:
+                    continue
+                name, labels, rest = match.groups()
+                inner = labels[1:-1] if labels else ""
+                label = f'worker="{worker.index}"' + (f",{inner}" if inner else "")
+                lines.append(f"{name}{{{label}}}{rest}")
+        return "\n".join(lines) + "\n" + generate_latest(self.registry).decode()
+
+    async def stop(self) -> None:
+        """``SIGTERM`` every worker (each closes its calls), wait for them, then stop polling."""
+        self.closing = True
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*(asyncio.wait_for(p.wait(), 20) for p in procs), return_exceptions=True)
+        for proc, result in zip(procs, results, strict=True):
+            if isinstance(result, BaseException):
+                proc.kill()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+
+
+async def _offer(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    if _rate_limited(request):
+        sup.routed.labels("rate_limited").inc()
+        limit = request.app[OPTIONS].server.offers_per_minute
+        return _error(429, f"more than {limit} offers a minute from {request.remote}", **{"Retry-After": "10"})
+    body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k in ("Content-Type", "Authorization")}
+    return await sup.forward_offer(body, headers)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    return web.json_response({"status": "ok", "sessions": sup.sessions, "max_sessions": sup.capacity,
+                              "full": not sup.pick(), "workers": sum(w.ready for w in sup.workers),
+                              "worker_restarts": sum(w.restarts for w in sup.workers)})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    ready = bool(sup.pick())
+    return web.json_response({"ready": ready, "sessions": sup.sessions, "max_sessions": sup.capacity},
+                             status=200 if ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = await request.app[SUPERVISOR].metrics_text()
+    return web.Response(text=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_supervisor_app(options: Options, workers: int) -> web.Application:
+    """The public application of ``voicegate serve --workers N`` (N ≥ 2)."""
+    app = web.Application(middlewares=[json_errors, cors, auth], client_max_size=options.server.max_body_bytes)
+    app[OPTIONS] = options
+    rate: dict[str, deque[float]] = defaultdict(deque)
+    app[RATE] = rate
+    sup = Supervisor(options, workers)
+    app[SUPERVISOR] = sup
+    # The guards (token, body size) count their refusals on the supervisor's own offers counter.
+    guard_metrics = Metrics()
+    guard_metrics.offers = sup.routed
+    app[METRICS] = guard_metrics
+    app.router.add_post("/offer", _offer)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", options.server.web_dir)
+
+    async def on_startup(_app: web.Application) -> None:
+        await sup.start()
+
+    async def on_shutdown(_app: web.Application) -> None:
+        await sup.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    return app
