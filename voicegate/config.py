@@ -29,8 +29,9 @@ class ServerOptions:
     """STUN/TURN URLs for ``RTCConfiguration``; empty on loopback and LANs."""
     web_dir: Path = REPO_ROOT / "web"
     max_sessions: int = 4
-    """Concurrent calls; more offers get 503 + Retry-After. ``voicegate load`` on this 2-core machine keeps 4 calls
-    real-time (1 % of frames > 20 ms late) and saturates at 6 (README)."""
+    """Concurrent calls per worker process; more offers get 503 + Retry-After. ``voicegate load`` on a 2-core machine:
+    one worker keeps 4 constantly interrupted calls real-time (0.4 % of frames > 20 ms late) and saturates at 8
+    (README); ``serve`` runs one worker per core."""
     token: str | None = None
     """``VOICEGATE_TOKEN``: when set, ``POST /offer`` and ``GET /metrics`` need ``Authorization: Bearer <token>``."""
     cors_origins: tuple[str, ...] = ()
