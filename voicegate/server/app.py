@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from voicegate.call.core import CallCore
 from voicegate.config import Options
 from voicegate.server.metrics import Metrics
 from voicegate.server.session import Session
@@ -21,10 +22,11 @@ from voicegate.server.signaling import OfferError, parse_offer
 
 log = logging.getLogger(__name__)
 
-SESSIONS = web.AppKey("sessions", dict[str, Session])
+SESSIONS = web.AppKey("sessions", dict[str, CallCore])
+"""Every live call, whatever its transport (capacity counts them all)."""
 OPTIONS = web.AppKey("options", Options)
 METRICS = web.AppKey("metrics", Metrics)
-SESSION_HOOK = web.AppKey("session_hook", list[Callable[[Session], None]])
+SESSION_HOOK = web.AppKey("session_hook", list[Callable[[CallCore], None]])
 RATE = web.AppKey("rate", dict[str, deque[float]])
 
 _JSON_TYPES = ("application/json", "text/plain", "application/octet-stream")
@@ -127,7 +129,7 @@ async def offer(request: web.Request) -> web.Response:
         return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
                       **{"Retry-After": "5"})
 
-    def forget(closed: Session) -> None:
+    def forget(closed: CallCore) -> None:
         sessions.pop(closed.call_id, None)
         metrics.active_sessions.set(len(sessions))
 

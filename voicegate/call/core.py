@@ -1,0 +1,207 @@
+"""One call without its transport: clock, events, playout, controller, gate and agent.
+
+A transport adapter feeds it 16 kHz mono s16 PCM (:meth:`CallCore.feed`), carries the frames of its
+:class:`~voicegate.media.playout.PlayoutTrack` and its events to the caller, says when the caller is connected
+(:meth:`CallCore.connected`), and releases its own resources in :meth:`CallCore.close_transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from voicegate.agent.base import Agent, ReplyRunner
+from voicegate.agent.demo import DemoAssistant
+from voicegate.agent.llm import LlmAgent
+from voicegate.asr.scheduler import AsrService
+from voicegate.config import Options
+from voicegate.events import EventBus, MediaClock
+from voicegate.gate.controller import DuplexController
+from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service
+from voicegate.gate.reflex import ReflexGate
+from voicegate.gate.relevance import RelevanceJudge, load_judge
+from voicegate.media.playout import PlayoutTrack
+from voicegate.tasks import TaskOwner
+from voicegate.tts.base import Tts
+from voicegate.tts.espeak import EspeakTts
+from voicegate.tts.openai_tts import FallbackTts, OpenAiTts
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def shared_models() -> tuple[RelevanceJudge, AsrService]:
+    """The relevance judge and the transcript workers: loaded once per process, shared by every call."""
+    return load_judge(), asr_service()
+
+
+class CallCore:
+    """Everything one caller owns apart from the transport; :meth:`close` releases all of it (idempotent)."""
+
+    transport = "none"
+    """The adapter's name (``webrtc``, ``ws``, ``twilio``): a label on ``/metrics``."""
+
+    def __init__(self, options: Options, on_closed: Callable[[CallCore], None] | None = None,
+                 call_id: str | None = None) -> None:
+        self.call_id = call_id or uuid.uuid4().hex[:8]
+        self.options = options
+        self.clock = MediaClock()
+        self.events = EventBus(self.clock, self.call_id)
+        self.tasks = TaskOwner(f"call-{self.call_id}")
+        self.playout = PlayoutTrack(options.playout)
+        self._clients: list[object] = []
+        self.tts = self._make_tts(options)
+        self.controller = DuplexController(self.playout, self.tts, self.events)
+        self.runner = ReplyRunner(self.controller, self.tasks)
+        self.agent: Agent = (LlmAgent(self.runner, self.events, options.agent) if options.agent.llm_configured
+                             else DemoAssistant(self.runner, self.events))
+        self.controller.echo_similarity = options.gate.echo_similarity
+        self.controller.on_user_turn = self.agent.user_turn
+        self.driver: LiveGateDriver | None = None
+        self.cpu_observer: Callable[[str, float, float | None], None] | None = None
+        """Set by the server: receives the compute of every stage (``/metrics``)."""
+        self.received_samples = 0
+        """16 kHz samples fed so far."""
+        self.inbound_sum_squares = 0.0
+        self._on_closed = on_closed
+        self._started = False
+        self.closed = False
+        self._closing: asyncio.Future[None] | None = None
+
+    def _make_tts(self, options: Options) -> Tts:
+        espeak = EspeakTts(sample_rate=options.playout.sample_rate)
+        if options.agent.tts != "openai" or not options.agent.llm_configured:
+            return espeak
+        import openai
+
+        client = openai.AsyncOpenAI(api_key=options.agent.api_key or "not-needed", base_url=options.agent.base_url,
+                                    max_retries=0, timeout=15.0)
+        self._clients.append(client)
+        primary = OpenAiTts(client, options.agent.tts_model, options.agent.tts_voice, options.playout.sample_rate)
+
+        def report(exc: Exception) -> None:
+            self.events.emit("error", stage="tts", cause=type(exc).__name__,
+                             message=f"OpenAI TTS failed, using espeak-ng: {exc}")
+
+        return FallbackTts(primary, espeak, report)
+
+    def component_failed(self, stage: str, exc: Exception) -> None:
+        """Report a component that failed (an ``error`` event)."""
+        self.events.emit("error", stage=stage, cause=type(exc).__name__, message=str(exc))
+
+    def _stage_error(self, stage: str, cause: str, message: str) -> None:
+        if cause == "overloaded":
+            log.warning("call=%s %s overloaded: %s (fewer calls per process, or more ASR workers: "
+                        "VOICEGATE_ASR_WORKERS)", self.call_id, stage, message)
+        self.events.emit("error", stage=stage, cause=cause, message=message)
+
+    async def start_gate(self) -> None:
+        """Load the call's detectors off the loop; a failure degrades the call to 'no barge-in', never kills it."""
+        loop = asyncio.get_running_loop()
+        try:
+            models = await loop.run_in_executor(None, GateModels, self.options.gate, self.playout.sample_rate)
+            judge, service = await loop.run_in_executor(None, shared_models)
+        except Exception as exc:
+            log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
+            self.events.emit("error", stage="gate", message=str(exc))
+            return
+        gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
+        self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms)
+        self.driver.on_error = self._stage_error
+        self.driver.on_cpu = self.cpu_observer
+        if models.echo is not None:
+            self.playout.frame_sink = models.add_outbound
+
+    async def open(self) -> None:
+        """Load the gate and start the watchdog; the adapter then connects the caller."""
+        await self.start_gate()
+        self.tasks.spawn(self._watchdog(), "watchdog")
+
+    def connected(self, **fields: Any) -> None:
+        """The caller is connected: ``session.started``, then the agent speaks (once)."""
+        if self._started or self.closed:
+            return
+        self._started = True
+        self.events.emit("session.started", call_id=self.call_id, llm=self.options.agent.llm_configured,
+                         **fields)
+        self.agent.start()
+
+    async def feed(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
+        """One chunk of the caller's audio (16 kHz mono s16) through the gate."""
+        self.received_samples += len(pcm)
+        self.inbound_sum_squares += float(np.sum(np.square(pcm.astype(np.float64))))
+        if self.driver is None:
+            return
+        try:
+            await self.driver.process(pcm, received_ms)
+        except Exception as exc:
+            log.exception("call=%s gate failed on a chunk; barge-in off for this call", self.call_id)
+            self.component_failed("gate", exc)
+            self.driver.close()
+            self.driver = None
+
+    @property
+    def inbound_rms(self) -> float:
+        """RMS of everything received (s16 units); 0 for silence."""
+        n = self.received_samples
+        return float(np.sqrt(self.inbound_sum_squares / n)) if n else 0.0
+
+    async def _watchdog(self) -> None:
+        """Close a call that never connected, whose client went silent (no audio for ``silent_timeout_secs``),
+        or that ran too long."""
+        server = self.options.server
+        last_samples, last_change = -1, self.clock.now_ms()
+        while True:
+            await asyncio.sleep(min(1.0, server.silent_timeout_secs / 4))
+            now = self.clock.now_ms()
+            samples = self.received_samples
+            if not self._started:
+                if now > server.connect_timeout_secs * 1000:
+                    await self.close(reason="connect_timeout")
+                    return
+                last_change = now
+                continue
+            if samples != last_samples:
+                last_samples, last_change = samples, now
+            if now - last_change > server.silent_timeout_secs * 1000:
+                await self.close(reason="silent_client")
+                return
+            if now > server.max_call_secs * 1000:
+                await self.close(reason="max_duration")
+                return
+
+    async def close_transport(self) -> None:
+        """Release what the transport adapter owns (overridden by adapters)."""
+
+    async def close(self, reason: str = "closed") -> None:
+        """End the call: ``session.ended``, then the transport, tasks, agent and gate are released (idempotent)."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self.closed = True
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            self.events.emit("session.ended", call_id=self.call_id, reason=reason)
+            log.info("call=%s closing: %s", self.call_id, reason)
+            self.agent.cancel()
+            self.playout.stop()
+            await self.close_transport()
+            await self.tasks.aclose()
+            await self.agent.aclose()
+            for client in self._clients:
+                await client.close()  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("call=%s error while closing", self.call_id)
+        finally:
+            if self.driver is not None:
+                self.driver.close()
+            if self._on_closed is not None:
+                self._on_closed(self)
+            self._closing.set_result(None)
+            log.info("call=%s closed", self.call_id)
