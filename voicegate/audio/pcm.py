@@ -46,3 +46,34 @@ def gain(pcm: np.ndarray, gain_db: float) -> np.ndarray:
     """Scale s16 ``pcm`` by ``gain_db`` with clipping."""
     scaled = pcm.astype(np.float32) * (10.0 ** (gain_db / 20.0))
     return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+_MULAW_BIAS = 0x84
+_MULAW_CLIP = 32635
+
+
+def _mulaw_decode_table() -> np.ndarray:
+    codes = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = codes & 0x80
+    exponent = (codes >> 4) & 0x07
+    mantissa = codes & 0x0F
+    magnitude = (((mantissa << 3) + _MULAW_BIAS) << exponent) - _MULAW_BIAS
+    return np.where(sign != 0, -magnitude, magnitude).astype(np.int16)
+
+
+_MULAW_TO_PCM = _mulaw_decode_table()
+
+
+def mulaw_decode(data: bytes) -> np.ndarray:
+    """G.711 μ-law bytes → s16 samples (the telephone network's 8-bit encoding)."""
+    return _MULAW_TO_PCM[np.frombuffer(data, dtype=np.uint8)]
+
+
+def mulaw_encode(pcm: np.ndarray) -> bytes:
+    """s16 samples → G.711 μ-law bytes."""
+    x = pcm.astype(np.int32)
+    sign = np.where(x < 0, 0x80, 0)
+    magnitude = np.minimum(np.abs(x), _MULAW_CLIP) + _MULAW_BIAS
+    exponent = np.clip(np.floor(np.log2(np.maximum(magnitude, 1))).astype(np.int32) - 7, 0, 7)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()

@@ -31,7 +31,9 @@ RATE = web.AppKey("rate", dict[str, deque[float]])
 
 _JSON_TYPES = ("application/json", "text/plain", "application/octet-stream")
 """``application/octet-stream`` is what aiohttp reports when a client sends no Content-Type at all."""
-_PROTECTED = ("/offer", "/metrics")
+_PROTECTED = ("/offer", "/metrics", "/ws")
+_QUERY_TOKEN = ("/ws",)
+"""Routes whose clients may not be able to set headers (telephony bridges, browsers' WebSocket): ``?token=``."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,10 +86,13 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[OPTIONS].server.token
     if token and request.path in _PROTECTED and request.method != "OPTIONS":
         given = request.headers.get("Authorization", "")
+        if not given and request.path in _QUERY_TOKEN and "token" in request.query:
+            given = f"Bearer {request.query['token']}"
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             if request.path == "/offer":
                 request.app[METRICS].offers.labels("unauthorized").inc()
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer <VOICEGATE_TOKEN>)",
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <VOICEGATE_TOKEN>"
+                               + (", or ?token=<VOICEGATE_TOKEN>" if request.path in _QUERY_TOKEN else "") + ")",
                           **{"WWW-Authenticate": 'Bearer realm="voicegate"'})
     return await handler(request)
 
@@ -129,18 +134,8 @@ async def offer(request: web.Request) -> web.Response:
         return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
                       **{"Retry-After": "5"})
 
-    def forget(closed: CallCore) -> None:
-        sessions.pop(closed.call_id, None)
-        metrics.active_sessions.set(len(sessions))
-
-    session = Session(options, on_closed=forget)
-    sessions[session.call_id] = session
-    metrics.active_sessions.set(len(sessions))
-    session.events.add_listener(metrics.observe)
-    session.playout.late_observer = metrics.playout_late.observe
-    session.cpu_observer = metrics.observe_stage
-    for hook in request.app[SESSION_HOOK]:
-        hook(session)
+    session = Session(options, on_closed=_forget(request.app))
+    _register(request.app, session)
     try:
         answer = await session.accept(parsed.sdp)
     except Exception as exc:
@@ -151,6 +146,52 @@ async def offer(request: web.Request) -> web.Response:
     metrics.offers.labels("answered").inc()
     log.info("call=%s answered offer from %s", session.call_id, request.remote)
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": session.call_id})
+
+
+def _forget(app: web.Application) -> Callable[[CallCore], None]:
+    def forget(closed: CallCore) -> None:
+        app[SESSIONS].pop(closed.call_id, None)
+        app[METRICS].active_sessions.set(len(app[SESSIONS]))
+        app[METRICS].active_calls.labels(closed.transport).dec()
+
+    return forget
+
+
+def _register(app: web.Application, call: CallCore) -> None:
+    """Count a new call (any transport) against capacity and wire it to ``/metrics``."""
+    metrics = app[METRICS]
+    app[SESSIONS][call.call_id] = call
+    metrics.active_sessions.set(len(app[SESSIONS]))
+    metrics.calls.labels(call.transport).inc()
+    metrics.active_calls.labels(call.transport).inc()
+    call.events.add_listener(metrics.observe)
+    call.playout.late_observer = metrics.playout_late.observe
+    call.cpu_observer = metrics.observe_stage
+    for hook in app[SESSION_HOOK]:
+        hook(call)
+
+
+async def ws_call(request: web.Request) -> web.StreamResponse:
+    """``GET /ws``: a call over one WebSocket (protocol: :mod:`voicegate.server.ws`)."""
+    from voicegate.server.ws import MAX_MESSAGE_BYTES, WsCall
+
+    options = request.app[OPTIONS]
+    if _rate_limited(request):
+        return _error(429, f"more than {options.server.offers_per_minute} calls a minute from {request.remote}",
+                      **{"Retry-After": "10"})
+    if len(request.app[SESSIONS]) >= options.server.max_sessions:
+        return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
+                      **{"Retry-After": "5"})
+    socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
+    if not socket.can_prepare(request).ok:
+        return _error(426, "GET /ws expects a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
+    await socket.prepare(request)
+    call = WsCall(options, socket, on_closed=_forget(request.app))
+    _register(request.app, call)
+    log.info("call=%s websocket call from %s", call.call_id, request.remote)
+    await call.serve()
+    request.app[METRICS].ws_closed.labels(str(call.close_code or 1000)).inc()
+    return socket
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -194,6 +235,7 @@ def create_app(options: Options | None = None) -> web.Application:
     rate: dict[str, deque[float]] = defaultdict(deque)
     app[RATE] = rate
     app.router.add_post("/offer", offer)
+    app.router.add_get("/ws", ws_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -21,6 +21,10 @@ class Metrics:
         r = self.registry
         self.active_sessions = Gauge("voicegate_active_sessions", "Live calls", registry=r)
         self.offers = Counter("voicegate_offers", "POST /offer by outcome", ["outcome"], registry=r)
+        self.calls = Counter("voicegate_calls", "Calls started, by transport (webrtc, ws)", ["transport"], registry=r)
+        self.active_calls = Gauge("voicegate_active_calls", "Live calls by transport", ["transport"], registry=r)
+        self.ws_closed = Counter("voicegate_ws_closed", "WebSocket calls ended, by close code", ["code"],
+                                 registry=r)
         self.time_to_pause = Histogram("voicegate_time_to_pause_seconds", "Speech onset to the bot's pause",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.verdict_latency = Histogram("voicegate_verdict_latency_seconds", "Speech onset to stop/resume verdict",

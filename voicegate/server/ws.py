@@ -1,0 +1,238 @@
+"""``GET /ws``: a call over one WebSocket — raw PCM (or μ-law) in and out, the events as text messages.
+
+Protocol (every message on one socket):
+
+1. The client's first message is text: ``{"type": "start", "sample_rate": 8000|16000|24000|48000,
+   "encoding": "pcm16"|"mulaw"}`` (``pcm16`` is little-endian signed 16-bit mono).
+2. Then binary messages carry the caller's audio in that format, any chunk size.
+3. The server sends binary messages of the bot's audio in the same format, paced in real time, one 20 ms frame
+   each (silence while the bot is quiet, paused or stopped: a pause or stop silences the very next frame), and
+   text messages holding exactly the events of the WebRTC ``events`` data channel.
+4. ``{"type": "stop"}`` or closing the socket ends the call cleanly (``session.ended`` is sent first).
+
+Anything else closes the socket with a close code and a reason that names the fix: 1003 (unsupported encoding or
+sample rate, binary where text was due), 1007 (not JSON, not an object, a field of the wrong type, a PCM16
+message of odd length), 1008 (audio before ``start``, a second ``start``, an unknown message type, no ``start``
+within 10 s); a message over the size limit gets 1009 from aiohttp. Other calls are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, AudioResampler
+
+from voicegate.audio.pcm import mulaw_decode, mulaw_encode
+from voicegate.call.core import CallCore
+from voicegate.config import PIPELINE_SAMPLE_RATE, Options
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATES = (8000, 16000, 24000, 48000)
+ENCODINGS = ("pcm16", "mulaw")
+START_TIMEOUT_SECS = 10.0
+MAX_MESSAGE_BYTES = 256 * 1024
+"""A second of 48 kHz PCM16 is 96 KB; anything past this is not audio a caller streams."""
+CHUNK_SAMPLES = PIPELINE_SAMPLE_RATE // 50
+"""The gate is fed 20 ms at a time, whatever chunk sizes the client sends."""
+
+
+class ProtocolError(Exception):
+    """A message the protocol does not allow: close the socket with ``code`` and this message as the reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def parse_start(text: str) -> tuple[int, str]:
+    """The ``start`` message's sample rate and encoding, or a :class:`ProtocolError` that says what is wrong."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(WSCloseCode.INVALID_TEXT, f"the first message must be JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ProtocolError(WSCloseCode.INVALID_TEXT, "the first message must be a JSON object")
+    if message.get("type") != "start":
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
+                            f'the first message must be {{"type": "start", ...}}, not type {message.get("type")!r}')
+    rate, encoding = message.get("sample_rate"), message.get("encoding")
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        raise ProtocolError(WSCloseCode.INVALID_TEXT, "start.sample_rate must be an integer")
+    if rate not in SAMPLE_RATES:
+        raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA, f"sample_rate {rate} unsupported: use one of {SAMPLE_RATES}")
+    if not isinstance(encoding, str):
+        raise ProtocolError(WSCloseCode.INVALID_TEXT, "start.encoding must be a string")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA, f"encoding {encoding!r} unsupported: use pcm16 or mulaw")
+    return rate, encoding
+
+
+class AudioCodec:
+    """The client's audio format ↔ the pipeline's: decode + resample in, resample + encode out (stateful)."""
+
+    def __init__(self, sample_rate: int, encoding: str, playout_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.encoding = encoding
+        self.playout_rate = playout_rate
+        self._in = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
+        self._out = AudioResampler(format="s16", layout="mono", rate=sample_rate)
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """One binary message → 16 kHz s16 samples (possibly none yet: the resampler keeps a few)."""
+        if self.encoding == "mulaw":
+            pcm = mulaw_decode(data)
+        else:
+            if len(data) % 2:
+                raise ProtocolError(WSCloseCode.INVALID_TEXT,
+                                    f"a pcm16 message must hold whole 2-byte samples, got {len(data)} bytes")
+            pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
+        if not len(pcm):
+            return pcm
+        if self.sample_rate == PIPELINE_SAMPLE_RATE:
+            return pcm
+        return self._resample(self._in, pcm, self.sample_rate)
+
+    def encode(self, pcm: np.ndarray) -> list[bytes]:
+        """One outbound frame at the playout rate → whole 20 ms frames in the client's format at its rate (the
+        resampler holds a few samples back at first, so now and then a call yields none or two)."""
+        if self.sample_rate != self.playout_rate:
+            pcm = self._resample(self._out, pcm, self.playout_rate)
+        self._pending = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
+        size = self.sample_rate // 50
+        out = []
+        while len(self._pending) >= size:
+            frame, self._pending = self._pending[:size], self._pending[size:]
+            out.append(mulaw_encode(frame) if self.encoding == "mulaw" else frame.astype("<i2").tobytes())
+        return out
+
+    @staticmethod
+    def _resample(resampler: AudioResampler, pcm: np.ndarray, rate: int) -> np.ndarray:
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
+
+
+class WsCall(CallCore):
+    """A call carried by a WebSocket (:mod:`voicegate.server.ws`)."""
+
+    transport = "ws"
+
+    def __init__(self, options: Options, socket: web.WebSocketResponse,
+                 on_closed: Callable[[CallCore], None] | None = None) -> None:
+        super().__init__(options, on_closed)
+        self.socket = socket
+        self.codec: AudioCodec | None = None
+        self._outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._inbound = np.zeros(0, dtype=np.int16)
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._writer_task: asyncio.Task[None] | None = None
+
+    def _send_event(self, event: dict[str, Any]) -> None:
+        self._outbox.put_nowait(json.dumps(event))
+
+    async def _writer(self) -> None:
+        """The only task that writes to the socket: audio frames and events in the order they were produced."""
+        while (item := await self._outbox.get()) is not None:
+            if self.socket.closed:
+                return
+            if isinstance(item, bytes):
+                await self.socket.send_bytes(item)
+            else:
+                await self.socket.send_str(item)
+
+    async def _pump(self) -> None:
+        """The bot's voice: one 20 ms frame per tick of the playout track's own media clock."""
+        assert self.codec is not None
+        while True:
+            try:
+                frame = await self.playout.recv()
+            except MediaStreamError:  # the call is ending: the track has stopped
+                return
+            for data in self.codec.encode(frame.to_ndarray().reshape(-1)):
+                self._outbox.put_nowait(data)
+
+    async def serve(self) -> None:
+        """Run the call until the client stops it, closes the socket, breaks the protocol, or a limit ends it."""
+        reason = "client_closed"
+        try:
+            first = await asyncio.wait_for(self.socket.receive(), START_TIMEOUT_SECS)
+            if first.type == WSMsgType.BINARY:
+                raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
+                                    'audio before the start message: send {"type": "start", ...} first')
+            if first.type != WSMsgType.TEXT:
+                return
+            rate, encoding = parse_start(first.data)
+            self.codec = AudioCodec(rate, encoding, self.playout.sample_rate)
+            await self.open()
+            self.events.add_listener(self._send_event, replay=True)
+            self._writer_task = self.tasks.spawn(self._writer(), "ws-writer")
+            self.tasks.spawn(self._pump(), "ws-pump")
+            self.connected(transport="ws", sample_rate=rate, encoding=encoding)
+            async for message in self.socket:
+                if message.type == WSMsgType.BINARY:
+                    await self._audio(message.data)
+                elif message.type == WSMsgType.TEXT:
+                    if self._control(message.data):
+                        reason = "client_stop"
+                        break
+                elif message.type == WSMsgType.ERROR:
+                    reason = "socket_error"
+                    break
+        except TimeoutError:
+            self.close_code, self.close_reason = (WSCloseCode.POLICY_VIOLATION,
+                                                  f"no start message within {START_TIMEOUT_SECS:.0f} s")
+            reason = "protocol_error"
+        except ProtocolError as exc:
+            self.close_code, self.close_reason = exc.code, str(exc)
+            reason = "protocol_error"
+            log.info("call=%s ws protocol error (%d): %s", self.call_id, exc.code, exc)
+        finally:
+            await self.close(reason=reason)
+
+    async def _audio(self, data: bytes) -> None:
+        assert self.codec is not None
+        pcm = self.codec.decode(data)
+        received_ms = self.clock.now_ms()
+        self._inbound = np.concatenate([self._inbound, pcm]) if len(self._inbound) else pcm
+        while len(self._inbound) >= CHUNK_SAMPLES:
+            chunk, self._inbound = self._inbound[:CHUNK_SAMPLES], self._inbound[CHUNK_SAMPLES:]
+            await self.feed(chunk, received_ms)
+
+    def _control(self, text: str) -> bool:
+        """A text message after ``start``; True when it ends the call."""
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError(WSCloseCode.INVALID_TEXT, f"text messages must be JSON: {exc}") from exc
+        if not isinstance(message, dict):
+            raise ProtocolError(WSCloseCode.INVALID_TEXT, "text messages must be JSON objects")
+        kind = message.get("type")
+        if kind == "stop":
+            return True
+        if kind == "start":
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "the call has already started: one start per socket")
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"unknown message type {kind!r}: only stop is accepted now")
+
+    async def close_transport(self) -> None:
+        """Flush ``session.ended``, then close the socket with the protocol's code and reason (or normally)."""
+        self.events.remove_listener(self._send_event)
+        self._outbox.put_nowait(None)
+        if self._writer_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer_task), 2.0)
+            except Exception:  # a dead or stuck socket cannot be flushed; it is closed below all the same
+                log.info("call=%s could not flush the socket before closing it", self.call_id)
+        if not self.socket.closed:
+            await self.socket.close(code=self.close_code or WSCloseCode.OK,
+                                    message=self.close_reason.encode()[:120])
