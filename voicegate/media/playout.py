@@ -84,6 +84,9 @@ class PlayoutTrack(MediaStreamTrack):
         self._emitted_samples = 0
         self._history = np.zeros(self.sample_rate * history_ms // 1000, dtype=np.int16)
         self._time_base = fractions.Fraction(1, self.sample_rate)
+        self.next_rewind_ms: float | None = None
+        """Set by a transport whose far end played less than was sent (a phone line's buffer, cleared on pause):
+        the next :meth:`resume` rewinds this much instead of ``resume_rewind_ms``."""
 
     # -- control (called by the duplex controller only) -------------------------------------------------------
 
@@ -138,7 +141,10 @@ class PlayoutTrack(MediaStreamTrack):
             return False
         self._paused = False
         self._pause_pending = False
-        rewind = self.options.resume_rewind_ms if rewind_ms is None else rewind_ms
+        if rewind_ms is None:
+            rewind_ms = self.options.resume_rewind_ms if self.next_rewind_ms is None else self.next_rewind_ms
+        self.next_rewind_ms = None
+        rewind = rewind_ms
         if self._queue and rewind > 0:
             head = self._queue[0]
             head.offset = max(0, head.offset - int(self.sample_rate * rewind / 1000))

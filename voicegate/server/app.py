@@ -31,8 +31,8 @@ RATE = web.AppKey("rate", dict[str, deque[float]])
 
 _JSON_TYPES = ("application/json", "text/plain", "application/octet-stream")
 """``application/octet-stream`` is what aiohttp reports when a client sends no Content-Type at all."""
-_PROTECTED = ("/offer", "/metrics", "/ws")
-_QUERY_TOKEN = ("/ws",)
+_PROTECTED = ("/offer", "/metrics", "/ws", "/twilio")
+_QUERY_TOKEN = ("/ws", "/twilio")
 """Routes whose clients may not be able to set headers (telephony bridges, browsers' WebSocket): ``?token=``."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,6 +88,11 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
         if not given and request.path in _QUERY_TOKEN and "token" in request.query:
             given = f"Bearer {request.query['token']}"
+        if not given and request.path == "/twilio":
+            # Twilio's <Stream> URL takes no query string: the token comes in the start message's
+            # customParameters (<Parameter name="token" .../>), checked by the call before anything else.
+            request["token_in_start"] = True
+            return await handler(request)
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             if request.path == "/offer":
                 request.app[METRICS].offers.labels("unauthorized").inc()
@@ -194,6 +199,31 @@ async def ws_call(request: web.Request) -> web.StreamResponse:
     return socket
 
 
+async def twilio_call(request: web.Request) -> web.StreamResponse:
+    """``GET /twilio``: a phone call through Twilio Media Streams (protocol: :mod:`voicegate.server.twilio`)."""
+    from voicegate.server.twilio import TwilioCall
+    from voicegate.server.ws import MAX_MESSAGE_BYTES
+
+    options = request.app[OPTIONS]
+    if _rate_limited(request):
+        return _error(429, f"more than {options.server.offers_per_minute} calls a minute from {request.remote}",
+                      **{"Retry-After": "10"})
+    if len(request.app[SESSIONS]) >= options.server.max_sessions:
+        return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
+                      **{"Retry-After": "5"})
+    socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
+    if not socket.can_prepare(request).ok:
+        return _error(426, "GET /twilio expects a WebSocket upgrade (Twilio <Stream url=\"wss://...\">)")
+    await socket.prepare(request)
+    call = TwilioCall(options, socket, on_closed=_forget(request.app),
+                      token=options.server.token if request.get("token_in_start") else None)
+    _register(request.app, call)
+    log.info("call=%s twilio media stream from %s", call.call_id, request.remote)
+    await call.serve()
+    request.app[METRICS].ws_closed.labels(str(call.close_code or 1000)).inc()
+    return socket
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness plus the number of live calls and whether another fits (never needs the token)."""
     sessions, limit = len(request.app[SESSIONS]), request.app[OPTIONS].server.max_sessions
@@ -236,6 +266,7 @@ def create_app(options: Options | None = None) -> web.Application:
     app[RATE] = rate
     app.router.add_post("/offer", offer)
     app.router.add_get("/ws", ws_call)
+    app.router.add_get("/twilio", twilio_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
