@@ -146,3 +146,39 @@ async def test_two_hosts_behind_haproxy_take_twenty_calls() -> None:
         await asyncio.wait_for(proxy.wait(), 10)
         for host in hosts:
             await host.stop()
+
+
+async def test_websocket_calls_are_relayed_to_a_worker_with_their_close_codes() -> None:
+    import json
+
+    server = await start_server(1, workers=2)
+    url = server.url.replace("http://", "ws://")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{url}/ws") as ws:
+                await ws.send_str("hello")
+                closing = await ws.receive()
+                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1007
+                assert "must be JSON" in closing.extra, "the worker's close reason reaches the client"
+            async with http.ws_connect(f"{url}/ws") as ws:
+                await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm16"}))
+                frames, kinds = 0, []
+
+                async def read() -> None:
+                    nonlocal frames
+                    async for message in ws:
+                        if message.type == aiohttp.WSMsgType.BINARY:
+                            frames += 1
+                        else:
+                            kinds.append(json.loads(message.data)["type"])
+
+                reader = asyncio.ensure_future(read())
+                for _ in range(100):
+                    await ws.send_bytes(b"\x00" * 640)
+                    await asyncio.sleep(0.02)
+                await ws.send_str(json.dumps({"type": "stop"}))
+                await asyncio.wait_for(reader, 10)
+                assert ws.close_code == 1000 and kinds[0] == "session.started" and kinds[-1] == "session.ended"
+                assert frames > 50, "the bot's audio comes back through the supervisor"
+    finally:
+        await server.stop()

@@ -27,9 +27,10 @@ import sys
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from voicegate.config import Options
@@ -239,6 +240,63 @@ class Supervisor:
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 
 
+async def _relay(source: Any, sink: Any) -> tuple[int | None, str]:
+    """Copy messages from ``source`` to ``sink`` until ``source`` closes; returns its close code and reason."""
+    while True:
+        message = await source.receive()
+        if message.type == WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type == WSMsgType.CLOSE:
+            return message.data, str(message.extra or "")
+        elif message.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return source.close_code, ""
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    """``/ws`` and ``/twilio``: the call's audio flows over the socket, so the supervisor relays it to a worker
+    (close codes and reasons included) after the same guards and capacity check as an offer."""
+    sup = request.app[SUPERVISOR]
+    if _rate_limited(request):
+        limit = request.app[OPTIONS].server.offers_per_minute
+        return _error(429, f"more than {limit} calls a minute from {request.remote}", **{"Retry-After": "10"})
+    workers = sup.pick()
+    if not workers:
+        sup.routed.labels("over_capacity").inc()
+        return _error(503, f"at capacity: {sup.capacity} calls on {sum(w.ready for w in sup.workers)} workers "
+                           f"(VOICEGATE_MAX_SESSIONS per worker, --workers)", **{"Retry-After": "5"})
+    worker = workers[0]
+    assert sup.http is not None
+    headers = {k: v for k, v in request.headers.items() if k == "Authorization"}
+    worker.pending += 1
+    try:
+        upstream = await sup.http.ws_connect(f"{worker.url}{request.path_qs}", headers=headers,
+                                             max_msg_size=0)
+    except aiohttp.WSServerHandshakeError as exc:
+        return _error(exc.status, f"the worker refused the call: {exc.message}")
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return _error(503, f"no worker could take the call: {exc}", **{"Retry-After": "5"})
+    finally:
+        worker.pending -= 1
+    worker.answered_at.append(time.monotonic())
+    worker.sessions += 1
+    sup.routed.labels("answered").inc()
+    client = web.WebSocketResponse(max_msg_size=0)
+    await client.prepare(request)
+    down = asyncio.ensure_future(_relay(upstream, client))
+    up = asyncio.ensure_future(_relay(client, upstream))
+    done, _ = await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+    if down in done:  # the worker ended the call: pass its code and reason on
+        code, reason = down.result() if not down.exception() else (1011, "the worker's socket failed")
+        await client.close(code=code or 1000, message=reason.encode()[:120])
+        await asyncio.gather(up, return_exceptions=True)
+    else:
+        await upstream.close()
+        await asyncio.gather(down, return_exceptions=True)
+    return client
+
+
 async def _offer(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
     if _rate_limited(request):
@@ -282,6 +340,8 @@ def create_supervisor_app(options: Options, workers: int) -> web.Application:
     guard_metrics.offers = sup.routed
     app[METRICS] = guard_metrics
     app.router.add_post("/offer", _offer)
+    app.router.add_get("/ws", _websocket)
+    app.router.add_get("/twilio", _websocket)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
