@@ -98,7 +98,8 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         gate = replace(options_from_env().gate, echo_cancel=True) if args.echo_cancel else options_from_env().gate
         run_bench(args.quick, args.out, args.corpus, policies, live=args.live, url=args.url,
-                  live_calls=args.live_calls, token=os.environ.get("VOICEGATE_TOKEN") or None, options=gate)
+                  live_calls=args.live_calls, transport=args.transport,
+                  token=os.environ.get("VOICEGATE_TOKEN") or None, options=gate)
     except (ManifestError, ValueError) as exc:
         print(f"voicegate bench: {exc}", file=sys.stderr)
         return 2
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the simulated ones")
     bench.add_argument("--url", default=None, help="with --live: a running voicegate server (default: start one)")
     bench.add_argument("--live-calls", type=int, default=1, help="with --live: calls placed at once")
+    bench.add_argument("--transport", choices=("webrtc", "ws"), default="webrtc",
+                       help="with --live: place the calls over WebRTC (default) or GET /ws (48 kHz PCM16)")
     bench.add_argument("--echo-cancel", action="store_true",
                        help="run the simulated pipeline with echo cancellation on (VOICEGATE_GATE_ECHO_CANCEL=1)")
     bench.set_defaults(func=_bench)

@@ -87,6 +87,61 @@ async def run_live_scenario(base_url: str, sc: Scenario, clip: LiveClip, token: 
     return measure(sc, clip, t0, caller.bot_levels, caller.events)
 
 
+async def run_ws_scenario(base_url: str, sc: Scenario, clip: LiveClip, token: str | None = None) -> dict[str, Any]:
+    """The same scenario over ``GET /ws`` (48 kHz PCM16 both ways, as the WebRTC caller's microphone)."""
+    import json
+
+    import aiohttp
+
+    rate, frame = 48_000, 960
+    levels: list[tuple[float, float]] = []
+    heard: list[np.ndarray] = []
+    events: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    speaking = asyncio.Event()
+    url = base_url.replace("http://", "ws://").replace("https://", "wss://")
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/ws", headers=headers) as ws:
+        await ws.send_str(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm16"}))
+
+        async def read() -> None:
+            async for message in ws:
+                now = time.monotonic()
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    pcm = np.frombuffer(message.data, "<i2")
+                    heard.append(pcm)
+                    levels.append((now, float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))))
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    event = json.loads(message.data)
+                    event["_received"] = now
+                    events.append(event)
+                    if event["type"] == "bot.speaking":
+                        speaking.set()
+
+        reader = asyncio.ensure_future(read())
+        silence = np.zeros(frame, np.int16).tobytes()
+        while not speaking.is_set():  # a live microphone sends silence until the scenario starts
+            await ws.send_bytes(silence)
+            await asyncio.sleep(0.02)
+        echo = sc.echo_delay_ms is not None
+        delay = int((sc.echo_delay_ms or 0) * rate / 1000)
+        echo_gain = 10 ** ((sc.echo_gain_db or 0.0) / 20)
+        t0 = time.monotonic()
+        played = 0
+        for k in range(len(clip.mic48) // frame):
+            chunk = clip.mic48[k * frame:(k + 1) * frame].astype(np.float32)
+            if echo:
+                back = np.concatenate(heard) if heard else np.zeros(0, np.int16)
+                start = played - delay
+                if start >= 0 and start + frame <= len(back):
+                    chunk += echo_gain * back[start:start + frame]
+            played += frame
+            await ws.send_bytes(np.clip(chunk, -32768, 32767).astype("<i2").tobytes())
+            await asyncio.sleep(max(0.0, t0 + (k + 1) / 50 - time.monotonic()))
+        await ws.send_str(json.dumps({"type": "stop"}))
+        await asyncio.wait_for(reader, 5)
+    return measure(sc, clip, t0, levels, events)
+
+
 def measure(sc: Scenario, clip: LiveClip, t0: float, levels: list[tuple[float, float]],
             events: list[dict[str, Any]]) -> dict[str, Any]:
     """One row in the offline runner's format, from the caller's recordings (ms relative to ``t0``)."""
@@ -135,7 +190,7 @@ def _silent_run_start(times: np.ndarray, silent: np.ndarray, from_ms: float) -> 
 
 
 async def run_live(base_url: str, scenarios: list[Scenario], calls: int = 1, token: str | None = None,
-                   progress: Any = None) -> list[dict[str, Any]]:
+                   progress: Any = None, transport: str = "webrtc") -> list[dict[str, Any]]:
     """Every scenario as its own call, ``calls`` at a time; rows in manifest order."""
     clips = [prepare(sc) for sc in scenarios]
     rows: list[dict[str, Any] | None] = [None] * len(scenarios)
@@ -144,7 +199,8 @@ async def run_live(base_url: str, scenarios: list[Scenario], calls: int = 1, tok
     async def one(i: int) -> None:
         async with slots:
             try:
-                rows[i] = await run_live_scenario(base_url, scenarios[i], clips[i], token)
+                run = run_ws_scenario if transport == "ws" else run_live_scenario
+                rows[i] = await run(base_url, scenarios[i], clips[i], token)
             except Exception as exc:  # one failed call is reported, the run goes on
                 rows[i] = {"id": scenarios[i].id, "label": scenarios[i].label, "error": f"{type(exc).__name__}: {exc}"}
             if progress is not None:
@@ -161,7 +217,7 @@ caller-side figure adds the transport (packetisation and jitter buffers both way
 
 
 async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, token: str | None,
-                    stop_phrase_ids: set[str]) -> dict[str, Any]:
+                    stop_phrase_ids: set[str], transport: str = "webrtc") -> dict[str, Any]:
     """Run the live pass (starting ``voicegate serve`` unless ``url`` is given) and summarise it."""
     from tqdm import tqdm
 
@@ -174,7 +230,7 @@ async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, toke
     t_start = time.monotonic()
     progress = tqdm(total=len(scenarios), desc="bench --live", unit="call")
     try:
-        rows = await run_live(base, scenarios, calls, token, progress)
+        rows = await run_live(base, scenarios, calls, token, progress, transport)
     finally:
         progress.close()
         if server is not None:
@@ -191,7 +247,8 @@ async def live_pass(scenarios: list[Scenario], url: str | None, calls: int, toke
     out: dict[str, Any] = {
         "server_pause": percentiles(server_pause),
         "resume_event_after_sound_end": percentiles(resumed),
-        "url": url or "started here", "calls_at_once": calls, "scenarios": rows, "metrics": metrics,
+        "url": url or "started here", "transport": transport, "calls_at_once": calls, "scenarios": rows,
+        "metrics": metrics,
         "failed_calls": len(rows) - len(ok),
         "time_to_pause_excluded": sum(1 for r in ok if r["label"] == "interrupt" and not r["audible_at_onset"]),
         "wall_secs": round(time.monotonic() - t_start, 1),
@@ -231,8 +288,9 @@ def render_live(report: dict[str, Any]) -> list[str]:
     for group, m in lm.get("per_group", {}).items():
         rows.append((f"{group}: false stops", str(sim.get("per_group", {}).get(group, {}).get("false_stop_rate")),
                      str(m["false_stop_rate"])))
+    carrier = "a `GET /ws` call (48 kHz PCM16)" if live.get("transport") == "ws" else "a real WebRTC call"
     lines = ["", "## Simulated vs. live (same scenarios)", "",
-             f"Live: every scenario is a real WebRTC call to `voicegate serve` ({live['url']}, "
+             f"Live: every scenario is {carrier} to `voicegate serve` ({live['url']}, "
              f"{live['calls_at_once']} call(s) at a time), played in real time and measured from the caller's side "
              f"(frame arrival times and levels, data-channel events); {live['wall_secs']} s. "
              f"{live['time_to_pause_excluded']} interrupt(s) began while the bot was between words and have no pause "

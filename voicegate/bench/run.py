@@ -101,7 +101,7 @@ PEER_NOTES = [
 
 def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
               policies: tuple[str, ...] = DEFAULT_POLICIES,
-              live: bool = False, url: str | None = None, live_calls: int = 1,
+              live: bool = False, url: str | None = None, live_calls: int = 1, transport: str = "webrtc",
               token: str | None = None, options: GateOptions | None = None) -> dict[str, Any]:
     """Run every scenario under every policy; write ``report.json``, ``report.md`` and plots to ``out_dir``.
 
@@ -199,7 +199,7 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
         report["targets"] = _targets(report["policies"])
     if live:
         stop_ids = {r["id"] for r in rows["voicegate"] if r["stop_phrase"]}
-        report["live"] = asyncio.run(live_pass(scenarios, url, live_calls, token, stop_ids))
+        report["live"] = asyncio.run(live_pass(scenarios, url, live_calls, token, stop_ids, transport))
     plots = [latency_cdfs(rows, out_dir)]
     for label, o in examples.items():
         plots.append(timeline(o, f"voicegate — {label}", out_dir / f"timeline_{label}.png"))
