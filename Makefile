@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng chromium chromium-driver g++ libwebrtc-audio-processin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VOSK_MODEL := vosk-model-small-en-us-0.15
 
-.PHONY: install run-demo test lint bench bench-quick bench-live bench-peers test-peers peers asr-bench models relevance-model clean help
+.PHONY: install run-demo test lint bench bench-quick bench-live bench-peers test-peers peers nextjs test-nextjs asr-bench models relevance-model clean help
 
 help:
 	@echo "make run-demo   install what is missing, then serve the demo on http://$(HOST):$(PORT)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-live the quick corpus simulated and through real WebRTC calls, side by side"
 	@echo "make bench-peers install Pipecat 1.14 and LiveKit Agents 1.8 (.[peers]), then bench against their code"
 	@echo "make asr-bench  transcript engines side by side on the shared recordings"
+	@echo "make nextjs     build the Next.js example (examples/nextjs); make test-nextjs drives it in Chromium"
 	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
 
 AEC_LIB := voicegate/audio/_vg_aec.so
@@ -55,7 +56,17 @@ run-demo: install
 	@echo "voicegate demo: open http://$(HOST):$(PORT)/ in a browser"
 	$(VENV)/bin/voicegate serve --host $(HOST) --port $(PORT)
 
-test: install
+# The Next.js example (examples/nextjs): npm ci + next build, rebuilt when its sources or the client module change.
+NEXTJS := examples/nextjs
+NEXTJS_BUILD := $(NEXTJS)/.next/BUILD_ID
+nextjs: $(NEXTJS_BUILD)
+$(NEXTJS_BUILD): $(NEXTJS)/package.json $(NEXTJS)/package-lock.json $(NEXTJS)/next.config.mjs $(wildcard $(NEXTJS)/app/*) web/voicegate.js web/package.json
+	cd $(NEXTJS) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+test-nextjs: install nextjs
+	$(PY) -m pytest -q tests/test_nextjs.py
+
+test: install nextjs
 	$(VENV)/bin/ruff check voicegate tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
@@ -101,4 +112,4 @@ models: relevance-model
 	fi
 
 clean:
-	rm -rf $(STAMPS) bench-out .pytest_cache .mypy_cache .ruff_cache $(AEC_LIB)
+	rm -rf $(STAMPS) bench-out .pytest_cache .mypy_cache .ruff_cache $(AEC_LIB) $(NEXTJS)/node_modules $(NEXTJS)/.next
