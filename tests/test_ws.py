@@ -104,9 +104,10 @@ async def test_ws_call_pauses_and_stops_on_a_spoken_stop(server: TestServer, sha
     assert server.app is not None and not server.app[SESSIONS]
 
 
-async def test_ws_mulaw_8k_phone_line_with_echo_does_not_stop_itself(server: TestServer) -> None:
-    """A phone line has no echo cancellation: the bot's own voice comes back (8 kHz μ-law) 120 ms later."""
-    caller = WsCaller(base_url(server), rate=8000, encoding="mulaw", echo_delay_ms=120.0, echo_gain=0.5)
+@pytest.mark.parametrize("delay_ms", [60.0, 120.0, 200.0])
+async def test_ws_mulaw_8k_phone_line_with_echo_does_not_stop_itself(server: TestServer, delay_ms: float) -> None:
+    """A phone line has no echo cancellation: the bot's own voice comes back (8 kHz μ-law) 60–200 ms later."""
+    caller = WsCaller(base_url(server), rate=8000, encoding="mulaw", echo_delay_ms=delay_ms, echo_gain=0.5)
     await caller.call(np.zeros(8000 * 8, np.int16))
     assert {len(f) for _, f in caller.frames} == {160}
     assert caller.first("bot.speaking") is not None
