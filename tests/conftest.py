@@ -37,6 +37,27 @@ def base_url(srv: TestServer) -> str:
     return f"http://127.0.0.1:{srv.port}"
 
 
+async def close_after(url: str, messages: list[object]) -> tuple[int | None, str]:
+    """Open a WebSocket to ``url``, send ``messages`` (bytes as binary, str as text) and return the close code and
+    reason the server answered with."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        for message in messages:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_str(str(message))
+        reason = ""
+        while True:
+            received = await asyncio.wait_for(ws.receive(), 15)
+            if received.type == aiohttp.WSMsgType.CLOSE:
+                reason = str(received.extra or "")
+            if received.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+        return ws.close_code, reason
+
+
 @pytest.fixture(autouse=True)
 async def no_leaked_tasks() -> AsyncIterator[None]:
     """Fail a test that leaves voicegate tasks running once it has finished."""

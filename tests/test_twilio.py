@@ -25,7 +25,7 @@ from voicegate.config import Options, ServerOptions
 from voicegate.server.app import SESSION_HOOK, SESSIONS, create_app
 from voicegate.server.twilio import TwilioCall
 
-from .conftest import base_url
+from .conftest import base_url, close_after
 
 SID = "MZ00000000000000000000000000000001"
 
@@ -187,27 +187,10 @@ BAD: list[tuple[str, list[Any], int, str]] = [
 ]
 
 
-async def _bad(url: str, messages: list[Any]) -> tuple[int | None, str]:
-    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/twilio") as ws:
-        for message in messages:
-            if isinstance(message, bytes):
-                await ws.send_bytes(message)
-            else:
-                await ws.send_str(message)
-        reason = ""
-        while True:
-            received = await asyncio.wait_for(ws.receive(), 15)
-            if received.type == aiohttp.WSMsgType.CLOSE:
-                reason = str(received.extra or "")
-            if received.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                break
-        return ws.close_code, reason
-
-
 async def test_twilio_bad_messages_close_that_stream_with_a_code_and_reason(server: TestServer) -> None:
     url = base_url(server)
     for name, messages, expected, why in BAD:
-        code, reason = await _bad(url, messages)
+        code, reason = await close_after(f"{url}/twilio", messages)
         assert code == expected and why in reason, (name, code, reason)
     await asyncio.sleep(0.3)
     assert server.app is not None and not server.app[SESSIONS]
@@ -218,9 +201,9 @@ async def test_twilio_token_rides_in_the_start_parameters() -> None:
     await srv.start_server()
     try:
         url = base_url(srv)
-        code, reason = await _bad(url, [start_message()])
+        code, reason = await close_after(f"{url}/twilio", [start_message()])
         assert code == 1008 and "token" in reason
-        code, reason = await _bad(url, [start_message(token="wrong")])
+        code, reason = await close_after(f"{url}/twilio", [start_message(token="wrong")])
         assert code == 1008 and "token" in reason
         phone = FakeTwilio(url)
         assert await phone.call(np.zeros(8000 * 2, np.int16), custom={"token": "sekrit"}) == 1000

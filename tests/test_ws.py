@@ -18,7 +18,7 @@ from voicegate.audio.pcm import load_audio, mulaw_decode, mulaw_encode, resample
 from voicegate.config import Options, ServerOptions
 from voicegate.server.app import SESSIONS, create_app
 
-from .conftest import base_url
+from .conftest import base_url, close_after
 
 
 @dataclass
@@ -136,24 +136,6 @@ BAD_LATER_MESSAGES: list[tuple[str, Any, int, str]] = [
 ]
 
 
-async def _bad(url: str, messages: list[Any]) -> tuple[int | None, str]:
-    """Send ``messages``; return the close code and the close reason the server gave."""
-    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/ws") as ws:
-        for message in messages:
-            if isinstance(message, bytes):
-                await ws.send_bytes(message)
-            else:
-                await ws.send_str(message)
-        reason = ""
-        while True:
-            received = await asyncio.wait_for(ws.receive(), 15)
-            if received.type == aiohttp.WSMsgType.CLOSE:
-                reason = str(received.extra or "")
-            if received.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                break
-        return ws.close_code, reason
-
-
 async def test_ws_bad_input_closes_that_socket_with_a_code_and_reason(server: TestServer,
                                                                      shared_data: Path) -> None:
     url = base_url(server)
@@ -163,7 +145,7 @@ async def test_ws_bad_input_closes_that_socket_with_a_code_and_reason(server: Te
     cases = [(name, [m], code, why) for name, m, code, why in BAD_FIRST_MESSAGES] + \
         [(name, [START, m], code, why) for name, m, code, why in BAD_LATER_MESSAGES]
     for name, messages, expected, why in cases:
-        code, reason = await _bad(url, messages)
+        code, reason = await close_after(f"{url}/ws", messages)
         assert code == expected, (name, code, reason)
         assert why in reason, (name, reason)
     assert len(cases) >= 12

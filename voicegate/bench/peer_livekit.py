@@ -32,16 +32,8 @@ import numpy as np
 from av import AudioFrame, AudioResampler
 
 from voicegate.asr.base import UtteranceAsr
-from voicegate.bench.echo_path import Echo, EchoPath
-from voicegate.bench.scenario import (
-    MIC_FRAME,
-    NOMINAL_SPEECH_RMS,
-    Outcome,
-    active_level,
-    onset_ms,
-    speech_offset_ms,
-    speech_onset_ms,
-)
+from voicegate.bench.echo_path import Echo
+from voicegate.bench.scenario import MIC_FRAME, MicMix, Outcome
 from voicegate.config import PIPELINE_SAMPLE_RATE
 from voicegate.tts.base import Speech
 
@@ -237,20 +229,8 @@ class LiveKitRunner:
         from livekit import rtc
         from livekit.agents import Agent, AgentSession
 
-        user = clip.astype(np.float32) * (10 ** (gain_db / 20))
-        start = int(at_s * PIPELINE_SAMPLE_RATE)
-        total = start + len(user) + int(tail_s * PIPELINE_SAMPLE_RATE)
-        mic = np.zeros(total, dtype=np.float32)
-        mic[start:start + len(user)] += user
-        if noise is not None and len(noise):
-            mic += np.tile(noise.astype(np.float32), int(np.ceil(total / len(noise))))[:total]
-        speech_at = speech_onset_ms(clip) if clip.any() else None
-        outcome = Outcome(onset_ms=at_s * 1000 + (speech_at if speech_at is not None else onset_ms(clip)))
-        outcome.sound_end_ms = at_s * 1000 + (speech_offset_ms(clip) if clip.any() else 0.0)
-        path = None
-        if echo is not None:
-            user_level = active_level(user.astype(np.int16)) if clip.any() else 0.0
-            path = EchoPath(echo, active_level(bot.pcm), user_level or NOMINAL_SPEECH_RMS)
+        mix = MicMix(bot, clip, at_s, gain_db, echo, noise, tail_s)
+        outcome = mix.outcome()
 
         speaker = _speaker_class()(bot.sample_rate)
         mic_in = _input_class()()
@@ -276,25 +256,12 @@ class LiveKitRunner:
                                      num_channels=1, samples_per_channel=frame_samples)
 
         handle = session.say("benchmark line", audio=bot_audio(), allow_interruptions=True, add_to_chat_ctx=False)
-        resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
         out_frames: list[np.ndarray] = []
-        bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
-        pos16 = 0
-        for k in range(total // MIC_FRAME):
+        for k in range(mix.frames):
             await asyncio.sleep(max(0.0, t0 + k * FRAME_S - loop.time()))
             frame = speaker.next_frame()
             out_frames.append(frame)
-            af = AudioFrame.from_ndarray(frame.reshape(1, -1), format="s16", layout="mono")
-            af.sample_rate = bot.sample_rate
-            for f in resampler.resample(af):
-                part = f.to_ndarray().reshape(-1).astype(np.float32)
-                bot16[pos16:pos16 + len(part)] = part[: len(bot16) - pos16]
-                pos16 += len(part)
-            chunk = slice(k * MIC_FRAME, (k + 1) * MIC_FRAME)
-            if path is not None:
-                mic[chunk] += path.process(bot16[chunk])
-            pcm = np.clip(mic[chunk], -32768, 32767).astype(np.int16)
-            mic[chunk] = pcm
+            pcm = mix.next(k, frame)
             await asyncio.sleep(max(0.0, t0 + (k + 1) * FRAME_S - loop.time()))
             mic_in.chan.send_nowait(rtc.AudioFrame(data=pcm.tobytes(), sample_rate=PIPELINE_SAMPLE_RATE,
                                                    num_channels=1, samples_per_channel=MIC_FRAME))
@@ -303,8 +270,7 @@ class LiveKitRunner:
             handle.interrupt(force=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(session.aclose(), 5.0)
-        earliest = at_s * 1000 if clip.any() else 0.0  # with no user sound, any decision is the echo's doing
-        return _outcome(outcome, log, stt_engine, out_frames, mic, earliest)
+        return _outcome(outcome, log, stt_engine, out_frames, mix.mic, mix.earliest_ms)
 
 
 def _outcome(outcome: Outcome, log: list[tuple[float, str, float]], stt_engine: Any, out_frames: list[np.ndarray],

@@ -120,6 +120,55 @@ def active_level(pcm: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.concatenate([x[i * block:(i + 1) * block] for i in loud]) ** 2)))
 
 
+class MicMix:
+    """A scenario's microphone: the clip ``at_s`` in over the noise bed, plus the bot's own voice through the echo
+    path as it is really played, one 20 ms frame at a time (shared by the simulated and the LiveKit runners)."""
+
+    def __init__(self, bot: Speech, clip: np.ndarray, at_s: float, gain_db: float = 0.0,
+                 echo: Echo | None = None, noise: np.ndarray | None = None, tail_s: float = 2.5) -> None:
+        user = clip.astype(np.float32) * (10 ** (gain_db / 20))
+        start = int(at_s * PIPELINE_SAMPLE_RATE)
+        self.total = start + len(user) + int(tail_s * PIPELINE_SAMPLE_RATE)
+        self.mic = np.zeros(self.total, dtype=np.float32)
+        self.mic[start:start + len(user)] += user
+        if noise is not None and len(noise):
+            self.mic += np.tile(noise.astype(np.float32), int(np.ceil(self.total / len(noise))))[:self.total]
+        speech_at = speech_onset_ms(clip) if clip.any() else None
+        self.onset_ms = at_s * 1000 + (speech_at if speech_at is not None else onset_ms(clip))
+        self.sound_end_ms = at_s * 1000 + (speech_offset_ms(clip) if clip.any() else 0.0)
+        # Anything decided once the clip has begun is the clip's doing; with no clip (echo only) everything is.
+        self.earliest_ms = at_s * 1000 if clip.any() else 0.0
+        self.frames = self.total // MIC_FRAME
+        self._bot_rate = bot.sample_rate
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
+        self._bot16 = np.zeros(self.total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
+        self._pos16 = 0
+        self._path = None
+        if echo is not None:
+            # An echo's gain is relative to the user's speech (a typical level when the scenario has no user clip).
+            user_level = active_level(user.astype(np.int16)) if clip.any() else 0.0
+            self._path = EchoPath(echo, active_level(bot.pcm), user_level or NOMINAL_SPEECH_RMS)
+
+    def next(self, k: int, played: np.ndarray) -> np.ndarray:
+        """Microphone frame ``k`` (s16) given the bot's frame ``k`` as played (at the bot's rate)."""
+        af = AudioFrame.from_ndarray(played.reshape(1, -1), format="s16", layout="mono")
+        af.sample_rate = self._bot_rate
+        for f in self._resampler.resample(af):
+            part = f.to_ndarray().reshape(-1).astype(np.float32)
+            self._bot16[self._pos16:self._pos16 + len(part)] = part[: len(self._bot16) - self._pos16]
+            self._pos16 += len(part)
+        chunk = slice(k * MIC_FRAME, (k + 1) * MIC_FRAME)
+        if self._path is not None:
+            self.mic[chunk] += self._path.process(self._bot16[chunk])
+        pcm = np.clip(self.mic[chunk], -32768, 32767).astype(np.int16)
+        self.mic[chunk] = pcm
+        return pcm
+
+    def outcome(self) -> Outcome:
+        """An empty outcome with this scenario's onset and sound end."""
+        return Outcome(onset_ms=self.onset_ms, sound_end_ms=self.sound_end_ms)
+
+
 def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
                  options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
                  noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate",
@@ -144,30 +193,11 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     driver = OfflineGateDriver(models, gate, asr, asr_options, on_error=report)
     controller.queue_speech(bot, "r1")
 
-    user = clip.astype(np.float32) * (10 ** (gain_db / 20))
-    start = int(at_s * PIPELINE_SAMPLE_RATE)
-    total = start + len(user) + int(tail_s * PIPELINE_SAMPLE_RATE)
-    mic = np.zeros(total, dtype=np.float32)
-    mic[start:start + len(user)] += user
-    if noise is not None and len(noise):
-        reps = int(np.ceil(total / len(noise)))
-        mic += np.tile(noise.astype(np.float32), reps)[:total]
-    speech_at = speech_onset_ms(clip) if clip.any() else None
-    outcome = Outcome(onset_ms=at_s * 1000 + (speech_at if speech_at is not None else onset_ms(clip)))
-    outcome.sound_end_ms = at_s * 1000 + (speech_offset_ms(clip) if clip.any() else 0.0)
-    # Anything decided once the clip has begun is the clip's doing; with no clip (echo only) everything is.
-    earliest = at_s * 1000 if clip.any() else 0.0
-    resampler = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
-    bot16 = np.zeros(total + PIPELINE_SAMPLE_RATE, dtype=np.float32)
+    mix = MicMix(bot, clip, at_s, gain_db, echo, noise, tail_s)
+    outcome = mix.outcome()
+    earliest = mix.earliest_ms
     out_frames = []
-    pos16 = 0
-    path = None
-    if echo is not None:
-        bot_level = active_level(bot.pcm)
-        # An echo's gain is relative to the user's speech (a typical level when the scenario has no user clip).
-        user_level = active_level(user.astype(np.int16)) if clip.any() else 0.0
-        path = EchoPath(echo, bot_level, user_level or NOMINAL_SPEECH_RMS)
-    for k in range(total // MIC_FRAME):
+    for k in range(mix.frames):
         t_ms = k * FRAME_MS
         clock.t_ms = t_ms
         driver.deliver(t_ms)
@@ -175,16 +205,7 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
         frame = playout.next_frame()
         out_frames.append(frame)
         models.add_outbound(frame)
-        af = AudioFrame.from_ndarray(frame.reshape(1, -1), format="s16", layout="mono")
-        af.sample_rate = playout.sample_rate
-        for f in resampler.resample(af):
-            part = f.to_ndarray().reshape(-1).astype(np.float32)
-            bot16[pos16:pos16 + len(part)] = part[: len(bot16) - pos16]
-            pos16 += len(part)
-        if path is not None:
-            mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] += path.process(bot16[k * MIC_FRAME:(k + 1) * MIC_FRAME])
-        pcm = np.clip(mic[k * MIC_FRAME:(k + 1) * MIC_FRAME], -32768, 32767).astype(np.int16)
-        mic[k * MIC_FRAME:(k + 1) * MIC_FRAME] = pcm
+        pcm = mix.next(k, frame)
         queued = playout.queued_samples
         generation = playout.generation
         clock.t_ms = (k + 1) * FRAME_MS
@@ -218,7 +239,7 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     outcome.verdicts = gate.verdicts
     outcome.events = events.history
     outcome.bot_out = np.concatenate(out_frames)
-    outcome.mic = mic.astype(np.int16)
+    outcome.mic = mix.mic.astype(np.int16)
     outcome.cpu_ms = driver.cpu_ms
     outcome.user_turns = user_turns
     outcome.erle_trace = driver.erle_trace

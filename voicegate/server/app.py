@@ -11,6 +11,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -19,6 +20,9 @@ from voicegate.config import Options
 from voicegate.server.metrics import Metrics
 from voicegate.server.session import Session
 from voicegate.server.signaling import OfferError, parse_offer
+
+if TYPE_CHECKING:
+    from voicegate.server.ws import SocketCall
 
 log = logging.getLogger(__name__)
 
@@ -176,32 +180,9 @@ def _register(app: web.Application, call: CallCore) -> None:
         hook(call)
 
 
-async def ws_call(request: web.Request) -> web.StreamResponse:
-    """``GET /ws``: a call over one WebSocket (protocol: :mod:`voicegate.server.ws`)."""
-    from voicegate.server.ws import MAX_MESSAGE_BYTES, WsCall
-
-    options = request.app[OPTIONS]
-    if _rate_limited(request):
-        return _error(429, f"more than {options.server.offers_per_minute} calls a minute from {request.remote}",
-                      **{"Retry-After": "10"})
-    if len(request.app[SESSIONS]) >= options.server.max_sessions:
-        return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
-                      **{"Retry-After": "5"})
-    socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
-    if not socket.can_prepare(request).ok:
-        return _error(426, "GET /ws expects a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
-    await socket.prepare(request)
-    call = WsCall(options, socket, on_closed=_forget(request.app))
-    _register(request.app, call)
-    log.info("call=%s websocket call from %s", call.call_id, request.remote)
-    await call.serve()
-    request.app[METRICS].ws_closed.labels(str(call.close_code or 1000)).inc()
-    return socket
-
-
-async def twilio_call(request: web.Request) -> web.StreamResponse:
-    """``GET /twilio``: a phone call through Twilio Media Streams (protocol: :mod:`voicegate.server.twilio`)."""
-    from voicegate.server.twilio import TwilioCall
+async def _socket_call(request: web.Request, make_call: Callable[[web.WebSocketResponse], SocketCall],
+                       upgrade_hint: str) -> web.StreamResponse:
+    """The guards of ``POST /offer`` before the upgrade (rate, capacity), then one call over the socket."""
     from voicegate.server.ws import MAX_MESSAGE_BYTES
 
     options = request.app[OPTIONS]
@@ -213,15 +194,34 @@ async def twilio_call(request: web.Request) -> web.StreamResponse:
                       **{"Retry-After": "5"})
     socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
     if not socket.can_prepare(request).ok:
-        return _error(426, "GET /twilio expects a WebSocket upgrade (Twilio <Stream url=\"wss://...\">)")
+        return _error(426, f"GET {request.path} expects a WebSocket upgrade ({upgrade_hint})")
     await socket.prepare(request)
-    call = TwilioCall(options, socket, on_closed=_forget(request.app),
-                      token=options.server.token if request.get("token_in_start") else None)
+    call = make_call(socket)
     _register(request.app, call)
-    log.info("call=%s twilio media stream from %s", call.call_id, request.remote)
+    log.info("call=%s %s call from %s", call.call_id, call.transport, request.remote)
     await call.serve()
     request.app[METRICS].ws_closed.labels(str(call.close_code or 1000)).inc()
     return socket
+
+
+async def ws_call(request: web.Request) -> web.StreamResponse:
+    """``GET /ws``: a call over one WebSocket (protocol: :mod:`voicegate.server.ws`)."""
+    from voicegate.server.ws import WsCall
+
+    options = request.app[OPTIONS]
+    return await _socket_call(request, lambda socket: WsCall(options, socket, on_closed=_forget(request.app)),
+                              "Connection: Upgrade, Upgrade: websocket")
+
+
+async def twilio_call(request: web.Request) -> web.StreamResponse:
+    """``GET /twilio``: a phone call through Twilio Media Streams (protocol: :mod:`voicegate.server.twilio`)."""
+    from voicegate.server.twilio import TwilioCall
+
+    options = request.app[OPTIONS]
+    token = options.server.token if request.get("token_in_start") else None
+    return await _socket_call(
+        request, lambda socket: TwilioCall(options, socket, on_closed=_forget(request.app), token=token),
+        'Twilio <Stream url="wss://...">')
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -187,6 +187,10 @@ class Supervisor:
                 worker.sessions += 1
             self.routed.labels("answered" if status == 200 else f"http_{status}").inc()
             return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+        return self.full()
+
+    def full(self) -> web.Response:
+        """The 503 for a call no worker has room for (counted)."""
         self.routed.labels("over_capacity").inc()
         return _error(503, f"at capacity: {self.capacity} calls on {sum(w.ready for w in self.workers)} workers "
                            f"(VOICEGATE_MAX_SESSIONS per worker, --workers)", **{"Retry-After": "5"})
@@ -254,18 +258,24 @@ async def _relay(source: Any, sink: Any) -> tuple[int | None, str]:
             return source.close_code, ""
 
 
+def _over_rate(request: web.Request) -> web.Response | None:
+    """The 429 for a client over the per-address call rate (counted), or None."""
+    if not _rate_limited(request):
+        return None
+    request.app[SUPERVISOR].routed.labels("rate_limited").inc()
+    limit = request.app[OPTIONS].server.offers_per_minute
+    return _error(429, f"more than {limit} calls a minute from {request.remote}", **{"Retry-After": "10"})
+
+
 async def _websocket(request: web.Request) -> web.StreamResponse:
     """``/ws`` and ``/twilio``: the call's audio flows over the socket, so the supervisor relays it to a worker
     (close codes and reasons included) after the same guards and capacity check as an offer."""
     sup = request.app[SUPERVISOR]
-    if _rate_limited(request):
-        limit = request.app[OPTIONS].server.offers_per_minute
-        return _error(429, f"more than {limit} calls a minute from {request.remote}", **{"Retry-After": "10"})
+    if (refused := _over_rate(request)) is not None:
+        return refused
     workers = sup.pick()
     if not workers:
-        sup.routed.labels("over_capacity").inc()
-        return _error(503, f"at capacity: {sup.capacity} calls on {sum(w.ready for w in sup.workers)} workers "
-                           f"(VOICEGATE_MAX_SESSIONS per worker, --workers)", **{"Retry-After": "5"})
+        return sup.full()
     worker = workers[0]
     assert sup.http is not None
     headers = {k: v for k, v in request.headers.items() if k == "Authorization"}
@@ -299,10 +309,8 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
 
 async def _offer(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
-    if _rate_limited(request):
-        sup.routed.labels("rate_limited").inc()
-        limit = request.app[OPTIONS].server.offers_per_minute
-        return _error(429, f"more than {limit} offers a minute from {request.remote}", **{"Retry-After": "10"})
+    if (refused := _over_rate(request)) is not None:
+        return refused
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k in ("Content-Type", "Authorization")}
     return await sup.forward_offer(body, headers)

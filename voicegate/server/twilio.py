@@ -29,13 +29,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc.mediastreams import MediaStreamError
 
 from voicegate.call.core import CallCore
 from voicegate.config import Options
-from voicegate.server.ws import CHUNK_SAMPLES, START_TIMEOUT_SECS, AudioCodec, ProtocolError
+from voicegate.server.ws import START_TIMEOUT_SECS, AudioCodec, ProtocolError, SocketCall, json_object
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +44,20 @@ MAX_REWIND_MS = 1000.0
 
 
 def _object(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError(WSCloseCode.INVALID_TEXT, f"Media Streams messages are JSON: {exc}") from exc
-    if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+    message = json_object(text, "a Media Streams message")
+    if not isinstance(message.get("event"), str):
         raise ProtocolError(WSCloseCode.INVALID_TEXT, 'a Media Streams message is a JSON object with an "event"')
     return message
 
 
-class TwilioCall(CallCore):
+class TwilioCall(SocketCall):
     """A call carried by a Twilio Media Streams WebSocket."""
 
     transport = "twilio"
 
     def __init__(self, options: Options, socket: web.WebSocketResponse,
                  on_closed: Callable[[CallCore], None] | None = None, token: str | None = None) -> None:
-        super().__init__(options, on_closed)
-        self.socket = socket
+        super().__init__(options, socket, on_closed)
         self.token = token
         """When set, the start message's ``customParameters.token`` must equal it (Twilio cannot send headers)."""
         self.codec = AudioCodec(8000, "mulaw", self.playout.sample_rate)
@@ -71,26 +66,15 @@ class TwilioCall(CallCore):
         """Audio sent to the phone side so far."""
         self.played_ms = 0.0
         """Audio the phone side has confirmed playing (through our position marks)."""
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self._frames_since_mark = 0
-        self._inbound = np.zeros(0, dtype=np.int16)
         self.rewinds_ms: list[float] = []
         """The rewind prepared at each pause (audio sent but not confirmed played)."""
-        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
+        self._frames_since_mark = 0
         self._utterance = ""
 
     # -- outbound ---------------------------------------------------------------------------------------------
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._outbox.put_nowait({**message, "streamSid": self.stream_sid})
-
-    async def _writer(self) -> None:
-        while (message := await self._outbox.get()) is not None:
-            if self.socket.closed:
-                return
-            await self.socket.send_str(json.dumps(message))
+        self._outbox.put_nowait(json.dumps({**message, "streamSid": self.stream_sid}))
 
     async def _pump(self) -> None:
         """Real-time media: one frame per playout tick, only while the bot is audible."""
@@ -142,7 +126,7 @@ class TwilioCall(CallCore):
                 self._before_start(message)
             await self.open()
             self.events.add_listener(self._on_event)
-            self._writer_task = self.tasks.spawn(self._writer(), "twilio-writer")
+            self.start_writer()
             self.tasks.spawn(self._pump(), "twilio-pump")
             self.connected(transport="twilio", stream_sid=self.stream_sid)
             async for message in self.socket:
@@ -157,9 +141,8 @@ class TwilioCall(CallCore):
                                                   f"no start message within {START_TIMEOUT_SECS:.0f} s")
             reason = "protocol_error"
         except ProtocolError as exc:
-            self.close_code, self.close_reason = exc.code, str(exc)
+            self.protocol_error(exc)
             reason = "protocol_error"
-            log.info("call=%s twilio protocol error (%d): %s", self.call_id, exc.code, exc)
         finally:
             await self.close(reason=reason)
 
@@ -227,23 +210,8 @@ class TwilioCall(CallCore):
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"unknown Media Streams event {event!r}")
 
     async def _audio(self, data: bytes) -> None:
-        pcm = self.codec.decode(data)
-        received_ms = self.clock.now_ms()
-        pending = np.concatenate([self._inbound, pcm])
-        while len(pending) >= CHUNK_SAMPLES:
-            chunk, pending = pending[:CHUNK_SAMPLES], pending[CHUNK_SAMPLES:]
-            await self.feed(chunk, received_ms)
-        self._inbound = pending
+        await self.feed_audio(self.codec.decode(data))
 
-    async def close_transport(self) -> None:
-        """Flush what is queued, then close the socket with the protocol's code and reason (or normally)."""
+    def stop_listening(self) -> None:
+        """No more marks or clears: the stream is ending."""
         self.events.remove_listener(self._on_event)
-        self._outbox.put_nowait(None)
-        if self._writer_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._writer_task), 2.0)
-            except Exception:  # a dead or stuck socket cannot be flushed; it is closed below all the same
-                log.info("call=%s could not flush the socket before closing it", self.call_id)
-        if not self.socket.closed:
-            await self.socket.close(code=self.close_code or WSCloseCode.OK,
-                                    message=self.close_reason.encode()[:120])

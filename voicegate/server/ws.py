@@ -52,14 +52,20 @@ class ProtocolError(Exception):
         self.code = code
 
 
-def parse_start(text: str) -> tuple[int, str]:
-    """The ``start`` message's sample rate and encoding, or a :class:`ProtocolError` that says what is wrong."""
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or a 1007 :class:`ProtocolError` naming ``what`` was expected."""
     try:
         message = json.loads(text)
     except ValueError as exc:
-        raise ProtocolError(WSCloseCode.INVALID_TEXT, f"the first message must be JSON: {exc}") from exc
+        raise ProtocolError(WSCloseCode.INVALID_TEXT, f"{what} must be JSON: {exc}") from exc
     if not isinstance(message, dict):
-        raise ProtocolError(WSCloseCode.INVALID_TEXT, "the first message must be a JSON object")
+        raise ProtocolError(WSCloseCode.INVALID_TEXT, f"{what} must be a JSON object")
+    return message
+
+
+def parse_start(text: str) -> tuple[int, str]:
+    """The ``start`` message's sample rate and encoding, or a :class:`ProtocolError` that says what is wrong."""
+    message = json_object(text, "the first message")
     if message.get("type") != "start":
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
                             f'the first message must be {{"type": "start", ...}}, not type {message.get("type")!r}')
@@ -122,27 +128,25 @@ class AudioCodec:
         return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
 
 
-class WsCall(CallCore):
-    """A call carried by a WebSocket (:mod:`voicegate.server.ws`)."""
-
-    transport = "ws"
+class SocketCall(CallCore):
+    """A call whose audio and signalling share one WebSocket (``/ws``, ``/twilio``): a single writer task, the
+    caller's audio re-chunked to 20 ms for the gate, and a close that flushes and then sends the protocol's code."""
 
     def __init__(self, options: Options, socket: web.WebSocketResponse,
                  on_closed: Callable[[CallCore], None] | None = None) -> None:
         super().__init__(options, on_closed)
         self.socket = socket
-        self.codec: AudioCodec | None = None
-        self._outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        self._inbound = np.zeros(0, dtype=np.int16)
         self.close_code: int | None = None
         self.close_reason = ""
+        self._outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._inbound = np.zeros(0, dtype=np.int16)
         self._writer_task: asyncio.Task[None] | None = None
 
-    def _send_event(self, event: dict[str, Any]) -> None:
-        self._outbox.put_nowait(json.dumps(event))
+    def start_writer(self) -> None:
+        """Start the only task that writes to the socket (messages go out in the order they were queued)."""
+        self._writer_task = self.tasks.spawn(self._writer(), f"{self.transport}-writer")
 
     async def _writer(self) -> None:
-        """The only task that writes to the socket: audio frames and events in the order they were produced."""
         while (item := await self._outbox.get()) is not None:
             if self.socket.closed:
                 return
@@ -150,6 +154,58 @@ class WsCall(CallCore):
                 await self.socket.send_bytes(item)
             else:
                 await self.socket.send_str(item)
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """Remember why the socket will be closed."""
+        self.close_code, self.close_reason = exc.code, str(exc)
+        log.info("call=%s %s protocol error (%d): %s", self.call_id, self.transport, exc.code, exc)
+
+    async def feed_audio(self, pcm: np.ndarray) -> None:
+        """Decoded 16 kHz audio of any length → the gate, 20 ms at a time."""
+        received_ms = self.clock.now_ms()
+        self._inbound = np.concatenate([self._inbound, pcm]) if len(self._inbound) else pcm
+        while len(self._inbound) >= CHUNK_SAMPLES:
+            chunk, self._inbound = self._inbound[:CHUNK_SAMPLES], self._inbound[CHUNK_SAMPLES:]
+            await self.feed(chunk, received_ms)
+
+    async def serve(self) -> None:
+        """Run the call until it ends (the adapter's protocol)."""
+        raise NotImplementedError
+
+    def stop_listening(self) -> None:
+        """Detach the adapter's event listener (before the final flush)."""
+
+    async def close_transport(self) -> None:
+        """Flush what is queued (``session.ended`` included), then close the socket with the protocol's code and
+        reason (or normally)."""
+        self.stop_listening()
+        self._outbox.put_nowait(None)
+        if self._writer_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer_task), 2.0)
+            except Exception:  # a dead or stuck socket cannot be flushed; it is closed below all the same
+                log.info("call=%s could not flush the socket before closing it", self.call_id)
+        if not self.socket.closed:
+            await self.socket.close(code=self.close_code or WSCloseCode.OK,
+                                    message=self.close_reason.encode()[:120])
+
+
+class WsCall(SocketCall):
+    """A call carried by a WebSocket (:mod:`voicegate.server.ws`)."""
+
+    transport = "ws"
+
+    def __init__(self, options: Options, socket: web.WebSocketResponse,
+                 on_closed: Callable[[CallCore], None] | None = None) -> None:
+        super().__init__(options, socket, on_closed)
+        self.codec: AudioCodec | None = None
+
+    def _send_event(self, event: dict[str, Any]) -> None:
+        self._outbox.put_nowait(json.dumps(event))
+
+    def stop_listening(self) -> None:
+        """No more events: ``session.ended`` is already queued."""
+        self.events.remove_listener(self._send_event)
 
     async def _pump(self) -> None:
         """The bot's voice: one 20 ms frame per tick of the playout track's own media clock."""
@@ -176,7 +232,7 @@ class WsCall(CallCore):
             self.codec = AudioCodec(rate, encoding, self.playout.sample_rate)
             await self.open()
             self.events.add_listener(self._send_event, replay=True)
-            self._writer_task = self.tasks.spawn(self._writer(), "ws-writer")
+            self.start_writer()
             self.tasks.spawn(self._pump(), "ws-pump")
             self.connected(transport="ws", sample_rate=rate, encoding=encoding)
             async for message in self.socket:
@@ -194,45 +250,20 @@ class WsCall(CallCore):
                                                   f"no start message within {START_TIMEOUT_SECS:.0f} s")
             reason = "protocol_error"
         except ProtocolError as exc:
-            self.close_code, self.close_reason = exc.code, str(exc)
+            self.protocol_error(exc)
             reason = "protocol_error"
-            log.info("call=%s ws protocol error (%d): %s", self.call_id, exc.code, exc)
         finally:
             await self.close(reason=reason)
 
     async def _audio(self, data: bytes) -> None:
         assert self.codec is not None
-        pcm = self.codec.decode(data)
-        received_ms = self.clock.now_ms()
-        self._inbound = np.concatenate([self._inbound, pcm]) if len(self._inbound) else pcm
-        while len(self._inbound) >= CHUNK_SAMPLES:
-            chunk, self._inbound = self._inbound[:CHUNK_SAMPLES], self._inbound[CHUNK_SAMPLES:]
-            await self.feed(chunk, received_ms)
+        await self.feed_audio(self.codec.decode(data))
 
     def _control(self, text: str) -> bool:
         """A text message after ``start``; True when it ends the call."""
-        try:
-            message = json.loads(text)
-        except ValueError as exc:
-            raise ProtocolError(WSCloseCode.INVALID_TEXT, f"text messages must be JSON: {exc}") from exc
-        if not isinstance(message, dict):
-            raise ProtocolError(WSCloseCode.INVALID_TEXT, "text messages must be JSON objects")
-        kind = message.get("type")
+        kind = json_object(text, "text messages").get("type")
         if kind == "stop":
             return True
         if kind == "start":
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "the call has already started: one start per socket")
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"unknown message type {kind!r}: only stop is accepted now")
-
-    async def close_transport(self) -> None:
-        """Flush ``session.ended``, then close the socket with the protocol's code and reason (or normally)."""
-        self.events.remove_listener(self._send_event)
-        self._outbox.put_nowait(None)
-        if self._writer_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._writer_task), 2.0)
-            except Exception:  # a dead or stuck socket cannot be flushed; it is closed below all the same
-                log.info("call=%s could not flush the socket before closing it", self.call_id)
-        if not self.socket.closed:
-            await self.socket.close(code=self.close_code or WSCloseCode.OK,
-                                    message=self.close_reason.encode()[:120])
