@@ -42,6 +42,14 @@ class TaskOwner:
         """The tasks still running."""
         return frozenset(self._tasks)
 
+    def cancel_all(self) -> None:
+        """Cancel every task without waiting (for a close that was itself cancelled half-way); no new spawns."""
+        self._closed = True
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
     async def aclose(self) -> None:
         """Cancel every task and wait for them to finish."""
         self._closed = True

@@ -199,6 +199,9 @@ class CallCore:
         except Exception:
             log.exception("call=%s error while closing", self.call_id)
         finally:
+            # Also when the close itself was cancelled half-way (the client vanished mid-flush): no task of this
+            # call may outlive it.
+            self.tasks.cancel_all()
             if self.driver is not None:
                 self.driver.close()
             if self._on_closed is not None:
