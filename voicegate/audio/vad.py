@@ -18,9 +18,6 @@ WINDOW_SAMPLES = 512
 """Silero's window at 16 kHz: 32 ms."""
 WINDOW_MS = 1000.0 * WINDOW_SAMPLES / PIPELINE_SAMPLE_RATE
 _CONTEXT_SAMPLES = 64
-SILENCE_MARGIN_DB = 15.0
-"""Chunks this far under ``min_speech_dbfs`` (−70 dBFS by default: a muted or noise-suppressed microphone between
-words, or a silent caller) hold no stop phrase: the keyword spotter skips them."""
 
 
 def silero_model_path() -> Path:

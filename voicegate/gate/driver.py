@@ -23,7 +23,7 @@ from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
 from voicegate.audio.echo import EchoControl
-from voicegate.audio.vad import SILENCE_MARGIN_DB, WINDOW_SAMPLES, VadDetector, VadWindow, dbfs_window
+from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, options_from_env
 from voicegate.gate.reflex import Gate
 
@@ -71,7 +71,6 @@ class GateModels:
         self.kws_enabled = True
         """Set from the event loop: False while the bot is silent (nothing to stop), which skips the spotter."""
         self._kws_was_enabled = True
-        self._silence_dbfs = options.min_speech_dbfs - SILENCE_MARGIN_DB
 
     def add_outbound(self, pcm: np.ndarray) -> None:
         """Record one outbound frame as it is sent (the echo reference); any thread."""
@@ -95,8 +94,10 @@ class GateModels:
         self._kws_was_enabled = self.kws_enabled
         if not len(clean):
             result.hits = []
-        elif not self.kws_enabled or dbfs_window(clean) < self._silence_dbfs:
-            self.kws.skip(len(clean))  # no stop phrase to spot: the bot is silent, or so is the caller
+        elif not self.kws_enabled:
+            # The bot is silent: no stop phrase to spot. (The spotter still hears silences while the bot talks:
+            # skipping them changed what it spotted — 8 stops instead of 15 on the full corpus.)
+            self.kws.skip(len(clean))
             result.hits = []
         else:
             result.hits = self.kws.feed(clean)
