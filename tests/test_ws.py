@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from voicegate.audio.pcm import load_audio, mulaw_decode, mulaw_encode, resample
 from voicegate.config import Options, ServerOptions
 from voicegate.server.app import SESSIONS, create_app
+from voicegate.server.ws import AudioCodec
 
 from .conftest import base_url, close_after
 
@@ -79,6 +80,36 @@ class WsCaller:
 def _mic(clip16: np.ndarray, rate: int, lead_secs: float = 2.5, tail_secs: float = 2.5) -> np.ndarray:
     clip = resample(clip16, 16_000, rate) if rate != 16_000 else clip16
     return np.concatenate([np.zeros(int(lead_secs * rate), np.int16), clip, np.zeros(int(tail_secs * rate), np.int16)])
+
+
+@pytest.mark.parametrize(("rate", "encoding"), [(8000, "mulaw"), (16_000, "pcm16"), (24_000, "pcm16"),
+                                               (48_000, "pcm16")])
+def test_codec_keeps_each_20ms_frame_in_its_own_frame(rate: int, encoding: str) -> None:
+    """A resampler's held-back samples must not push each frame into the next one (20 ms more each way): every
+    20 ms in gives 20 ms out from the first message, and a burst of sound stays in the frame it was sent in."""
+    playout_rate = 24_000
+    codec = AudioCodec(rate, encoding, playout_rate)
+    burst_at = 5
+    t = np.arange(playout_rate // 50) / playout_rate
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    out: list[np.ndarray] = []
+    for k in range(10):
+        frames = codec.encode(tone if k == burst_at else np.zeros_like(tone))
+        assert len(frames) == 1, f"frame {k}: {len(frames)} frames out for one in"
+        out.append(mulaw_decode(frames[0]) if encoding == "mulaw" else np.frombuffer(frames[0], "<i2"))
+    energy = np.array([float(np.sum(np.square(f.astype(np.float64)))) for f in out])
+    assert energy[burst_at] > 0.9 * energy.sum()
+
+    codec = AudioCodec(rate, encoding, playout_rate)
+    t_in = np.arange(rate // 50) / rate
+    tone_in = (8000 * np.sin(2 * np.pi * 440 * t_in)).astype(np.int16)
+    fed: list[np.ndarray] = []
+    for k in range(10):
+        pcm = tone_in if k == burst_at else np.zeros_like(tone_in)
+        fed.append(codec.decode(mulaw_encode(pcm) if encoding == "mulaw" else pcm.astype("<i2").tobytes()))
+        assert len(fed[-1]) == 320, f"message {k}: {len(fed[-1])} samples at 16 kHz for 20 ms in"
+    energy = np.array([float(np.sum(np.square(f.astype(np.float64)))) for f in fed])
+    assert energy[burst_at] > 0.9 * energy.sum()
 
 
 async def test_ws_calls_pause_and_stop_on_spoken_stops(server: TestServer, shared_data: Path) -> None:

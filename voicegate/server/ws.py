@@ -41,7 +41,9 @@ START_TIMEOUT_SECS = 10.0
 MAX_MESSAGE_BYTES = 256 * 1024
 """A second of 48 kHz PCM16 is 96 KB; anything past this is not audio a caller streams."""
 CHUNK_SAMPLES = PIPELINE_SAMPLE_RATE // 50
-"""The gate is fed 20 ms at a time, whatever chunk sizes the client sends."""
+"""The gate is fed at most 20 ms at a time, whatever chunk sizes the client sends."""
+MIN_FEED_SAMPLES = PIPELINE_SAMPLE_RATE // 100
+"""…and at least 10 ms: tiny messages are gathered first (each feed is a hop to the call's gate thread)."""
 
 
 class ProtocolError(Exception):
@@ -82,7 +84,12 @@ def parse_start(text: str) -> tuple[int, str]:
 
 
 class AudioCodec:
-    """The client's audio format ↔ the pipeline's: decode + resample in, resample + encode out (stateful)."""
+    """The client's audio format ↔ the pipeline's: decode + resample in, resample + encode out (stateful).
+
+    A resampler holds back a few samples (its filter's delay: 16 of every 20 ms going 48 → 16 kHz). Left as it
+    is, every 20 ms frame would wait for the next one to complete it, adding 20 ms each way; so the first output
+    of each direction is padded with that many samples of silence, and from then on each 20 ms in gives 20 ms out.
+    """
 
     def __init__(self, sample_rate: int, encoding: str, playout_rate: int) -> None:
         self.sample_rate = sample_rate
@@ -91,6 +98,8 @@ class AudioCodec:
         self._in = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
         self._out = AudioResampler(format="s16", layout="mono", rate=sample_rate)
         self._pending = np.zeros(0, dtype=np.int16)
+        self._in_primed = False
+        self._out_primed = False
 
     def decode(self, data: bytes) -> np.ndarray:
         """One binary message → 16 kHz s16 samples (possibly none yet: the resampler keeps a few)."""
@@ -105,13 +114,21 @@ class AudioCodec:
             return pcm
         if self.sample_rate == PIPELINE_SAMPLE_RATE:
             return pcm
-        return self._resample(self._in, pcm, self.sample_rate)
+        out = self._resample(self._in, pcm, self.sample_rate)
+        if not self._in_primed:
+            self._in_primed = True
+            out = _pad_front(out, len(pcm) * PIPELINE_SAMPLE_RATE // self.sample_rate)
+        return out
 
     def encode(self, pcm: np.ndarray) -> list[bytes]:
-        """One outbound frame at the playout rate → whole 20 ms frames in the client's format at its rate (the
-        resampler holds a few samples back at first, so now and then a call yields none or two)."""
+        """One outbound frame at the playout rate → whole 20 ms frames in the client's format at its rate (one per
+        20 ms frame in)."""
         if self.sample_rate != self.playout_rate:
+            wanted = len(pcm) * self.sample_rate // self.playout_rate
             pcm = self._resample(self._out, pcm, self.playout_rate)
+            if not self._out_primed:
+                self._out_primed = True
+                pcm = _pad_front(pcm, wanted)
         self._pending = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
         size = self.sample_rate // 50
         out = []
@@ -126,6 +143,12 @@ class AudioCodec:
         frame.sample_rate = rate
         parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
         return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
+
+
+def _pad_front(pcm: np.ndarray, samples: int) -> np.ndarray:
+    """``pcm`` with silence in front, ``samples`` long (unchanged when already that long)."""
+    missing = samples - len(pcm)
+    return np.concatenate([np.zeros(missing, dtype=np.int16), pcm]) if missing > 0 else pcm
 
 
 class SocketCall(CallCore):
@@ -161,12 +184,18 @@ class SocketCall(CallCore):
         log.info("call=%s %s protocol error (%d): %s", self.call_id, self.transport, exc.code, exc)
 
     async def feed_audio(self, pcm: np.ndarray) -> None:
-        """Decoded 16 kHz audio of any length → the gate, 20 ms at a time."""
+        """Decoded 16 kHz audio of any length → the gate as soon as it is here, in pieces of 10–20 ms.
+
+        Not in whole 20 ms chunks: the resampler holds back a few samples (1 ms from 48 kHz, 2 ms from 8 kHz), so
+        with whole chunks every 20 ms message of the client's would reach the gate one message (20 ms) late.
+        """
         received_ms = self.clock.now_ms()
         self._inbound = np.concatenate([self._inbound, pcm]) if len(self._inbound) else pcm
-        while len(self._inbound) >= CHUNK_SAMPLES:
-            chunk, self._inbound = self._inbound[:CHUNK_SAMPLES], self._inbound[CHUNK_SAMPLES:]
-            await self.feed(chunk, received_ms)
+        if len(self._inbound) < MIN_FEED_SAMPLES:
+            return
+        pending, self._inbound = self._inbound, np.zeros(0, dtype=np.int16)
+        for start in range(0, len(pending), CHUNK_SAMPLES):
+            await self.feed(pending[start:start + CHUNK_SAMPLES], received_ms)
 
     async def serve(self) -> None:
         """Run the call until it ends (the adapter's protocol)."""
