@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import base_url
 from voicegate.audio.pcm import load_audio
 from voicegate.client import Caller, ClipTrack
+from voicegate.media.inbound import ImmediateJitterBuffer
 from voicegate.server.app import SESSIONS
 
 
@@ -20,6 +21,22 @@ async def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[n
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+def test_immediate_jitter_buffer_hands_each_packet_on_and_drops_late_ones() -> None:
+    """aiortc's buffer releases a frame only when the next packet arrives (20 ms late); this one at once."""
+    from aiortc.rtp import RtpPacket
+
+    def packet(seq: int) -> RtpPacket:
+        p = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+        p._data = bytes([seq % 256])  # type: ignore[attr-defined]
+        return p
+
+    buffer = ImmediateJitterBuffer(16)
+    got = [buffer.add(packet(seq))[1] for seq in (65534, 65535, 0, 2, 1, 2, 3)]
+    assert [f.data[0] if f is not None else None for f in got] == [254, 255, 0, 2, None, None, 3]
+    assert [f.timestamp for f in got if f is not None][:2] == [65534 * 960, 65535 * 960]
+    assert buffer.dropped == 2
 
 
 async def test_inbound_path_receives_caller_audio_at_16k(server: TestServer, shared_data) -> None:  # type: ignore[no-untyped-def]
@@ -36,6 +53,8 @@ async def test_inbound_path_receives_caller_audio_at_16k(server: TestServer, sha
         # Every 20 ms frame the caller sent arrives as 320 samples at 16 kHz (a frame or two may still be in flight).
         assert abs(received - sent_frames * 320) <= 4 * 320, (received, sent_frames)
         assert session.inbound.dropped_chunks == 0
+        buffers = [r._RTCRtpReceiver__jitter_buffer for r in session.pc.getReceivers()]
+        assert any(isinstance(b, ImmediateJitterBuffer) for b in buffers), "each packet goes to the gate at once"
         # Real speech, not silence: the energy that arrived matches the energy sent (Opus is lossy, not that lossy).
         sent_rms = float(np.sqrt(np.sum(clip.astype(np.float64) ** 2) / (sent_frames * 960)))
         assert sent_rms > 100

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from voicegate.config import PlayoutOptions
-from voicegate.media.playout import PlayoutTrack, UtteranceReport
+from voicegate.media.playout import OpusRateTrack, PlayoutTrack, UtteranceReport
 
 RATE = 24_000
 FRAME = 480
@@ -146,3 +146,33 @@ def test_recent_output_returns_what_was_sent() -> None:
     track.next_frame()
     recent = track.recent_output(FRAME * 2)
     assert np.array_equal(recent, ramp(FRAME * 2))
+
+
+
+async def test_webrtc_track_is_encoded_frame_by_frame_without_a_frame_of_delay() -> None:
+    """aiortc's Opus encoder resamples any rate but 48 kHz and holds part of every frame back, so each packet
+    would carry mostly the previous 20 ms. Through :class:`OpusRateTrack` every frame, the first too, is one packet
+    at once, and a tone played in frame k is heard mostly in packet k (Opus itself delays by 6.5 ms)."""
+    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+    from aiortc.jitterbuffer import JitterFrame
+
+    tone_at, frames = 5, 10
+    t = np.arange(FRAME) / RATE
+    speech = np.zeros(FRAME * frames, np.int16)
+    speech[tone_at * FRAME:(tone_at + 1) * FRAME] = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    source, _ = make_track()
+    source.push(speech, "u1")
+    track = OpusRateTrack(source)
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    energy = []
+    for k in range(frames):
+        frame = await track.recv()
+        assert frame.sample_rate == 48_000 and frame.samples == 960 and frame.pts == k * 960
+        payloads, _ = encoder.encode(frame)
+        assert len(payloads) == 1, f"frame {k} gave {len(payloads)} packets"
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in decoder.decode(JitterFrame(payloads[0], 0))])
+        energy.append(float(np.square(pcm.astype(np.float64)).sum()))
+    assert int(np.argmax(energy)) == tone_at
+    assert energy[tone_at] > 0.6 * sum(energy)
+    track.stop()
+    assert source.readyState == "ended"

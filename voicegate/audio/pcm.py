@@ -22,6 +22,38 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
 
 
+class StreamResampler:
+    """Resamples a mono s16 stream chunk by chunk, keeping pace with it from the first chunk.
+
+    ``av.AudioResampler`` holds back its filter's delay (16 samples of every 20 ms going 48 → 16 kHz). A consumer
+    that cuts the output into 20 ms frames would then wait for the next chunk to complete each frame: 20 ms of
+    latency for 1 ms of filter. So the first output is padded with that much silence, once, and from then on
+    every chunk in gives the same duration out.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self.from_rate = from_rate
+        self.to_rate = to_rate
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=to_rate)
+        self._primed = False
+
+    def __call__(self, pcm: np.ndarray) -> np.ndarray:
+        """Resample one chunk (s16 at ``from_rate``) to s16 at ``to_rate``."""
+        if self.from_rate == self.to_rate or not len(pcm):
+            return pcm
+        frame = AudioFrame.from_ndarray(np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16",
+                                        layout="mono")
+        frame.sample_rate = self.from_rate
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        out = np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
+        if not self._primed:
+            self._primed = True
+            missing = len(pcm) * self.to_rate // self.from_rate - len(out)
+            if missing > 0:
+                out = np.concatenate([np.zeros(missing, dtype=np.int16), out])
+        return out
+
+
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decode any file ``av`` can read (wav/ogg/flac/mp3) into mono s16 at ``sample_rate``."""
     resampler = AudioResampler(format="s16", layout="mono", rate=sample_rate)

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 from av import AudioFrame, AudioResampler
 
 from voicegate.config import PIPELINE_SAMPLE_RATE
@@ -17,22 +19,47 @@ from voicegate.events import MediaClock
 log = logging.getLogger(__name__)
 
 
+class ImmediateJitterBuffer:
+    """An audio jitter buffer that hands every packet on as it arrives.
+
+    aiortc's :class:`~aiortc.jitterbuffer.JitterBuffer` knows a frame is complete only when a packet of the next
+    one arrives, so even with ``prefetch=0`` each 20 ms of audio waits for the next packet. An Opus packet *is* a
+    frame: it can be decoded at once. Packets older than one already handed on (reordered or duplicated) are
+    dropped — the gate analyses the audio rather than playing it, and a late packet is worth less to it than 20 ms.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._last: int | None = None
+        self.dropped = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """``(pli_flag, frame)`` as aiortc's receiver expects; the frame is this packet, unless it is late."""
+        seq = packet.sequence_number
+        if self._last is not None and not 0 < (seq - self._last) % 65536 < 32768:
+            self.dropped += 1
+            return False, None
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
 def shorten_jitter_buffer(receiver: object, frames: int) -> bool:
     """Make an aiortc audio receiver hand each packet on after ``frames`` newer ones (aiortc's default is 4, i.e.
-    80 ms added to every packet before anyone hears it).
+    80 ms added to every packet before anyone hears it); with ``frames=0`` each packet is handed on as it arrives
+    (:class:`ImmediateJitterBuffer`).
 
     aiortc 1.16 has no option for this, so the receiver's jitter buffer is replaced before media flows. The gate
     analyses this audio rather than playing it, so a late or reordered packet costs at most one 20 ms window.
     Returns False (and changes nothing) when the receiver does not look as expected.
     """
-    from aiortc.jitterbuffer import JitterBuffer
-
     name = "_RTCRtpReceiver__jitter_buffer"
     current = getattr(receiver, name, None)
     if not isinstance(current, JitterBuffer) or getattr(current, "_is_video", True):
         log.warning("cannot shorten the inbound jitter buffer of %r: aiortc changed; keeping its default", receiver)
         return False
-    setattr(receiver, name, JitterBuffer(capacity=current.capacity, prefetch=max(0, frames)))
+    buffer = ImmediateJitterBuffer(current.capacity) if frames <= 0 else \
+        JitterBuffer(capacity=current.capacity, prefetch=frames)
+    setattr(receiver, name, buffer)
     return True
 
 

@@ -15,6 +15,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from voicegate.call.core import CallCore
 from voicegate.config import Options
 from voicegate.media.inbound import InboundAudio, shorten_jitter_buffer
+from voicegate.media.playout import OpusRateTrack
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Session(CallCore):
         """Apply the caller's offer and return the complete answer (ICE candidates included)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self.open()
-        self.pc.addTrack(self.playout)
+        self.pc.addTrack(OpusRateTrack(self.playout))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
 

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame, AudioResampler
 
-from voicegate.audio.pcm import mulaw_decode, mulaw_encode
+from voicegate.audio.pcm import StreamResampler, mulaw_decode, mulaw_encode
 from voicegate.call.core import CallCore
 from voicegate.config import PIPELINE_SAMPLE_RATE, Options
 
@@ -86,23 +85,21 @@ def parse_start(text: str) -> tuple[int, str]:
 class AudioCodec:
     """The client's audio format ↔ the pipeline's: decode + resample in, resample + encode out (stateful).
 
-    A resampler holds back a few samples (its filter's delay: 16 of every 20 ms going 48 → 16 kHz). Left as it
-    is, every 20 ms frame would wait for the next one to complete it, adding 20 ms each way; so the first output
-    of each direction is padded with that many samples of silence, and from then on each 20 ms in gives 20 ms out.
+    Both directions keep pace with the stream (:class:`~voicegate.audio.pcm.StreamResampler`): each 20 ms message
+    in gives 20 ms to the gate at once, each 20 ms playout frame gives one 20 ms frame out — a resampler's
+    held-back samples would otherwise add a frame (20 ms) each way.
     """
 
     def __init__(self, sample_rate: int, encoding: str, playout_rate: int) -> None:
         self.sample_rate = sample_rate
         self.encoding = encoding
         self.playout_rate = playout_rate
-        self._in = AudioResampler(format="s16", layout="mono", rate=PIPELINE_SAMPLE_RATE)
-        self._out = AudioResampler(format="s16", layout="mono", rate=sample_rate)
+        self._in = StreamResampler(sample_rate, PIPELINE_SAMPLE_RATE)
+        self._out = StreamResampler(playout_rate, sample_rate)
         self._pending = np.zeros(0, dtype=np.int16)
-        self._in_primed = False
-        self._out_primed = False
 
     def decode(self, data: bytes) -> np.ndarray:
-        """One binary message → 16 kHz s16 samples (possibly none yet: the resampler keeps a few)."""
+        """One binary message → 16 kHz s16 samples."""
         if self.encoding == "mulaw":
             pcm = mulaw_decode(data)
         else:
@@ -110,25 +107,12 @@ class AudioCodec:
                 raise ProtocolError(WSCloseCode.INVALID_TEXT,
                                     f"a pcm16 message must hold whole 2-byte samples, got {len(data)} bytes")
             pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
-        if not len(pcm):
-            return pcm
-        if self.sample_rate == PIPELINE_SAMPLE_RATE:
-            return pcm
-        out = self._resample(self._in, pcm, self.sample_rate)
-        if not self._in_primed:
-            self._in_primed = True
-            out = _pad_front(out, len(pcm) * PIPELINE_SAMPLE_RATE // self.sample_rate)
-        return out
+        return self._in(pcm)
 
     def encode(self, pcm: np.ndarray) -> list[bytes]:
         """One outbound frame at the playout rate → whole 20 ms frames in the client's format at its rate (one per
         20 ms frame in)."""
-        if self.sample_rate != self.playout_rate:
-            wanted = len(pcm) * self.sample_rate // self.playout_rate
-            pcm = self._resample(self._out, pcm, self.playout_rate)
-            if not self._out_primed:
-                self._out_primed = True
-                pcm = _pad_front(pcm, wanted)
+        pcm = self._out(pcm)
         self._pending = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
         size = self.sample_rate // 50
         out = []
@@ -136,19 +120,6 @@ class AudioCodec:
             frame, self._pending = self._pending[:size], self._pending[size:]
             out.append(mulaw_encode(frame) if self.encoding == "mulaw" else frame.astype("<i2").tobytes())
         return out
-
-    @staticmethod
-    def _resample(resampler: AudioResampler, pcm: np.ndarray, rate: int) -> np.ndarray:
-        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-        return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, dtype=np.int16)
-
-
-def _pad_front(pcm: np.ndarray, samples: int) -> np.ndarray:
-    """``pcm`` with silence in front, ``samples`` long (unchanged when already that long)."""
-    missing = samples - len(pcm)
-    return np.concatenate([np.zeros(missing, dtype=np.int16), pcm]) if missing > 0 else pcm
 
 
 class SocketCall(CallCore):
