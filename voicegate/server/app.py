@@ -32,6 +32,8 @@ OPTIONS = web.AppKey("options", Options)
 METRICS = web.AppKey("metrics", Metrics)
 SESSION_HOOK = web.AppKey("session_hook", list[Callable[[CallCore], None]])
 RATE = web.AppKey("rate", dict[str, deque[float]])
+TOKEN_IN_START = web.RequestKey("token_in_start", bool)
+"""Set on a ``/twilio`` request whose token is checked in the Media Streams ``start`` message instead."""
 
 _JSON_TYPES = ("application/json", "text/plain", "application/octet-stream")
 """``application/octet-stream`` is what aiohttp reports when a client sends no Content-Type at all."""
@@ -95,7 +97,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not given and request.path == "/twilio":
             # Twilio's <Stream> URL takes no query string: the token comes in the start message's
             # customParameters (<Parameter name="token" .../>), checked by the call before anything else.
-            request["token_in_start"] = True
+            request[TOKEN_IN_START] = True
             return await handler(request)
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             if request.path == "/offer":
@@ -218,7 +220,7 @@ async def twilio_call(request: web.Request) -> web.StreamResponse:
     from voicegate.server.twilio import TwilioCall
 
     options = request.app[OPTIONS]
-    token = options.server.token if request.get("token_in_start") else None
+    token = options.server.token if request.get(TOKEN_IN_START) else None
     return await _socket_call(
         request, lambda socket: TwilioCall(options, socket, on_closed=_forget(request.app), token=token),
         'Twilio <Stream url="wss://...">')
