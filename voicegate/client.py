@@ -25,7 +25,11 @@ FRAME = 960
 
 
 class ClipTrack(MediaStreamTrack):
-    """A paced microphone: plays ``pcm`` (48 kHz mono s16) once after ``delay_secs`` of silence, then silence."""
+    """A paced microphone: plays ``pcm`` (48 kHz mono s16) once after ``delay_secs`` of silence, then silence.
+
+    Each 20 ms frame is sent when a microphone could send it, once its last sample has been captured (aiortc's own
+    tracks send a frame when its first sample is due, 20 ms earlier than any real capture could).
+    """
 
     kind = "audio"
 
@@ -57,7 +61,8 @@ class ClipTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._start is None:
             self._start = time.time()
-        wait = self._start + self.sent_frames * FRAME / RATE - time.time()
+        # A microphone hands over a packet once its last sample is captured: frame k leaves at the end of its 20 ms.
+        wait = self._start + (self.sent_frames + 1) * FRAME / RATE - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
         out = np.zeros(FRAME, np.int16)
@@ -65,8 +70,8 @@ class ClipTrack(MediaStreamTrack):
         if t + FRAME > self.delay_samples and self._pos < len(self.pcm):
             lead = max(0, self.delay_samples - t)
             take = min(FRAME - lead, len(self.pcm) - self._pos)
-            if self._pos == 0:
-                self.clip_started_at = time.monotonic() + lead / RATE
+            if self._pos == 0:  # when that sample was captured: one frame before this packet leaves
+                self.clip_started_at = time.monotonic() + (lead - FRAME) / RATE
                 self.clip_started.set()
             out[lead:lead + take] = self.pcm[self._pos:self._pos + take]
             self._pos += take

@@ -13,7 +13,8 @@ channel. From those alone (a black box):
 - ``resume_ms``: the bot audible again after that silence (non-interruptions) — later than the resume itself when
   the bot's speech resumes inside a pause between its own words, so ``bot.resumed``'s arrival is reported too.
 
-Times are relative to the first sample of the scenario's microphone signal, on this machine's monotonic clock.
+Times are relative to the capture of the first sample of the scenario's microphone signal, on this machine's
+monotonic clock; like a real microphone, the caller sends each 20 ms packet once its last sample is captured.
 """
 
 from __future__ import annotations
@@ -125,9 +126,10 @@ async def run_ws_scenario(base_url: str, sc: Scenario, clip: LiveClip, token: st
         echo = sc.echo_delay_ms is not None
         delay = int((sc.echo_delay_ms or 0) * rate / 1000)
         echo_gain = 10 ** ((sc.echo_gain_db or 0.0) / 20)
-        t0 = time.monotonic()
+        t0 = time.monotonic()  # the first sample's capture; chunk k leaves once its last sample is captured
         played = 0
         for k in range(len(clip.mic48) // frame):
+            await asyncio.sleep(max(0.0, t0 + (k + 1) / 50 - time.monotonic()))
             chunk = clip.mic48[k * frame:(k + 1) * frame].astype(np.float32)
             if echo:
                 back = np.concatenate(heard) if heard else np.zeros(0, np.int16)
@@ -136,7 +138,6 @@ async def run_ws_scenario(base_url: str, sc: Scenario, clip: LiveClip, token: st
                     chunk += echo_gain * back[start:start + frame]
             played += frame
             await ws.send_bytes(np.clip(chunk, -32768, 32767).astype("<i2").tobytes())
-            await asyncio.sleep(max(0.0, t0 + (k + 1) / 50 - time.monotonic()))
         await ws.send_str(json.dumps({"type": "stop"}))
         await asyncio.wait_for(reader, 5)
     return measure(sc, clip, t0, levels, events)
