@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from voicegate.config import PlayoutOptions
-from voicegate.media.playout import OpusRateTrack, PlayoutTrack, UtteranceReport
+from voicegate.media.playout import PlayoutTrack, UtteranceReport
 
 RATE = 24_000
 FRAME = 480
@@ -149,30 +149,33 @@ def test_recent_output_returns_what_was_sent() -> None:
 
 
 
-async def test_webrtc_track_is_encoded_frame_by_frame_without_a_frame_of_delay() -> None:
+async def test_a_48khz_track_is_encoded_frame_by_frame_without_a_frame_of_delay() -> None:
     """aiortc's Opus encoder resamples any rate but 48 kHz and holds part of every frame back, so each packet
-    would carry mostly the previous 20 ms. Through :class:`OpusRateTrack` every frame, the first too, is one packet
-    at once, and a tone played in frame k is heard mostly in packet k (Opus itself delays by 6.5 ms)."""
+    would carry mostly the previous 20 ms; WebRTC calls therefore play out at 48 kHz. Then every frame, the first
+    too, is one packet at once, and a tone played in frame k is heard mostly in packet k (Opus delays by 6.5 ms)."""
     from aiortc.codecs.opus import OpusDecoder, OpusEncoder
     from aiortc.jitterbuffer import JitterFrame
 
+    from voicegate.server.session import Session
+
+    rate = Session.playout_sample_rate
+    assert rate == 48_000
+    frame_samples = rate // 50
     tone_at, frames = 5, 10
-    t = np.arange(FRAME) / RATE
-    speech = np.zeros(FRAME * frames, np.int16)
-    speech[tone_at * FRAME:(tone_at + 1) * FRAME] = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-    source, _ = make_track()
-    source.push(speech, "u1")
-    track = OpusRateTrack(source)
+    t = np.arange(frame_samples) / rate
+    speech = np.zeros(frame_samples * frames, np.int16)
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    speech[tone_at * frame_samples:(tone_at + 1) * frame_samples] = tone
+    track = PlayoutTrack(PlayoutOptions(sample_rate=rate, fade_ms=0.0))
+    track.push(speech, "u1")
     encoder, decoder = OpusEncoder(), OpusDecoder()
     energy = []
     for k in range(frames):
         frame = await track.recv()
-        assert frame.sample_rate == 48_000 and frame.samples == 960 and frame.pts == k * 960
+        assert frame.sample_rate == rate and frame.samples == frame_samples and frame.pts == k * frame_samples
         payloads, _ = encoder.encode(frame)
         assert len(payloads) == 1, f"frame {k} gave {len(payloads)} packets"
         pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in decoder.decode(JitterFrame(payloads[0], 0))])
         energy.append(float(np.square(pcm.astype(np.float64)).sum()))
     assert int(np.argmax(energy)) == tone_at
     assert energy[tone_at] > 0.6 * sum(energy)
-    track.stop()
-    assert source.readyState == "ended"

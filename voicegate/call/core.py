@@ -12,6 +12,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ class CallCore:
 
     transport = "none"
     """The adapter's name (``webrtc``, ``ws``, ``twilio``): a label on ``/metrics``."""
+    playout_sample_rate: int | None = None
+    """The rate the adapter carries the bot's voice at best (``None``: ``options.playout.sample_rate``)."""
 
     def __init__(self, options: Options, on_closed: Callable[[CallCore], None] | None = None,
                  call_id: str | None = None) -> None:
@@ -54,7 +57,8 @@ class CallCore:
         self.clock = MediaClock()
         self.events = EventBus(self.clock, self.call_id)
         self.tasks = TaskOwner(f"call-{self.call_id}")
-        self.playout = PlayoutTrack(options.playout)
+        self.playout = PlayoutTrack(options.playout if self.playout_sample_rate is None
+                                    else replace(options.playout, sample_rate=self.playout_sample_rate))
         self._clients: list[object] = []
         self.tts = self._make_tts(options)
         self.controller = DuplexController(self.playout, self.tts, self.events)
@@ -75,7 +79,7 @@ class CallCore:
         self._closing: asyncio.Future[None] | None = None
 
     def _make_tts(self, options: Options) -> Tts:
-        espeak = EspeakTts(sample_rate=options.playout.sample_rate)
+        espeak = EspeakTts(sample_rate=self.playout.sample_rate)
         if options.agent.tts != "openai" or not options.agent.llm_configured:
             return espeak
         import openai
@@ -83,7 +87,7 @@ class CallCore:
         client = openai.AsyncOpenAI(api_key=options.agent.api_key or "not-needed", base_url=options.agent.base_url,
                                     max_retries=0, timeout=15.0)
         self._clients.append(client)
-        primary = OpenAiTts(client, options.agent.tts_model, options.agent.tts_voice, options.playout.sample_rate)
+        primary = OpenAiTts(client, options.agent.tts_model, options.agent.tts_voice, self.playout.sample_rate)
 
         def report(exc: Exception) -> None:
             self.events.emit("error", stage="tts", cause=type(exc).__name__,

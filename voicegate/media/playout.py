@@ -14,7 +14,6 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from voicegate.audio.pcm import StreamResampler
 from voicegate.config import PlayoutOptions
 
 
@@ -247,39 +246,3 @@ class PlayoutTrack(MediaStreamTrack):
         frame.time_base = self._time_base
         return frame
 
-
-OPUS_SAMPLE_RATE = 48_000
-
-
-class OpusRateTrack(MediaStreamTrack):
-    """A :class:`PlayoutTrack` at 48 kHz, the rate aiortc's Opus encoder works at.
-
-    aiortc resamples any other rate with ``frame_size=960``, and its resampler holds back a few samples: each
-    RTP packet would then carry mostly the previous frame, 20 ms late (a pause heard 20 ms later). Resampled here
-    with :class:`~voicegate.audio.pcm.StreamResampler`, each 20 ms frame goes out in its own packet.
-    """
-
-    kind = "audio"
-
-    def __init__(self, source: PlayoutTrack) -> None:
-        super().__init__()
-        self.source = source
-        self._resample = StreamResampler(source.sample_rate, OPUS_SAMPLE_RATE)
-        self._time_base = fractions.Fraction(1, OPUS_SAMPLE_RATE)
-
-    async def recv(self) -> AudioFrame:
-        """The source's next frame, at 48 kHz, when the source's clock says."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        frame = await self.source.recv()
-        pcm = self._resample(frame.to_ndarray().reshape(-1))
-        out = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        out.sample_rate = OPUS_SAMPLE_RATE
-        out.pts = (frame.pts or 0) * OPUS_SAMPLE_RATE // self.source.sample_rate
-        out.time_base = self._time_base
-        return out
-
-    def stop(self) -> None:
-        """Stop this track and its source."""
-        super().stop()
-        self.source.stop()

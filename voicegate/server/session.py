@@ -15,7 +15,6 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from voicegate.call.core import CallCore
 from voicegate.config import Options
 from voicegate.media.inbound import InboundAudio, shorten_jitter_buffer
-from voicegate.media.playout import OpusRateTrack
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +23,9 @@ class Session(CallCore):
     """Everything one WebRTC caller owns; :meth:`close` releases all of it (idempotent)."""
 
     transport = "webrtc"
+    playout_sample_rate = 48_000
+    """Opus's own rate: aiortc's encoder resamples any other rate with ``frame_size=960``, and that resampler holds
+    back part of every frame, so each packet would carry mostly the previous 20 ms (a pause heard 20 ms later)."""
 
     def __init__(self, options: Options, on_closed: Callable[[CallCore], None] | None = None,
                  call_id: str | None = None) -> None:
@@ -41,7 +43,7 @@ class Session(CallCore):
         """Apply the caller's offer and return the complete answer (ICE candidates included)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self.open()
-        self.pc.addTrack(OpusRateTrack(self.playout))
+        self.pc.addTrack(self.playout)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
 
