@@ -256,23 +256,30 @@ async def _close_sessions(app: web.Application) -> None:
         await session.close()
 
 
+def guarded_app(options: Options, metrics: Metrics) -> web.Application:
+    """An application with the public guards (errors as JSON, CORS, token, body size, per-client rate) and the demo
+    page; the caller adds the API routes. Shared by a worker and the ``--workers`` supervisor."""
+    app = web.Application(middlewares=[json_errors, cors, auth], client_max_size=options.server.max_body_bytes)
+    app[OPTIONS] = options
+    app[METRICS] = metrics
+    rate: dict[str, deque[float]] = defaultdict(deque)
+    app[RATE] = rate
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", options.server.web_dir)
+    return app
+
+
 def create_app(options: Options | None = None) -> web.Application:
     """Build the application; every call is closed on shutdown."""
     options = options or Options()
-    app = web.Application(middlewares=[json_errors, cors, auth], client_max_size=options.server.max_body_bytes)
-    app[OPTIONS] = options
+    app = guarded_app(options, Metrics())
     app[SESSIONS] = {}
-    app[METRICS] = Metrics()
     app[SESSION_HOOK] = []
-    rate: dict[str, deque[float]] = defaultdict(deque)
-    app[RATE] = rate
     app.router.add_post("/offer", offer)
     app.router.add_get("/ws", ws_call)
     app.router.add_get("/twilio", twilio_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/", index)
-    app.router.add_static("/static/", options.server.web_dir)
     app.on_shutdown.append(_close_sessions)
     return app

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from voicegate.config import Options
-from voicegate.server.app import METRICS, OPTIONS, RATE, _error, _rate_limited, auth, cors, index, json_errors
+from voicegate.server.app import OPTIONS, _error, _rate_limited, guarded_app
 from voicegate.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -337,24 +336,18 @@ async def _metrics(request: web.Request) -> web.Response:
 
 def create_supervisor_app(options: Options, workers: int) -> web.Application:
     """The public application of ``voicegate serve --workers N`` (N ≥ 2)."""
-    app = web.Application(middlewares=[json_errors, cors, auth], client_max_size=options.server.max_body_bytes)
-    app[OPTIONS] = options
-    rate: dict[str, deque[float]] = defaultdict(deque)
-    app[RATE] = rate
     sup = Supervisor(options, workers)
-    app[SUPERVISOR] = sup
     # The guards (token, body size) count their refusals on the supervisor's own offers counter.
     guard_metrics = Metrics()
     guard_metrics.offers = sup.routed
-    app[METRICS] = guard_metrics
+    app = guarded_app(options, guard_metrics)
+    app[SUPERVISOR] = sup
     app.router.add_post("/offer", _offer)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/twilio", _websocket)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/", index)
-    app.router.add_static("/static/", options.server.web_dir)
 
     async def on_startup(_app: web.Application) -> None:
         await sup.start()

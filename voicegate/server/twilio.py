@@ -115,36 +115,25 @@ class TwilioCall(SocketCall):
 
     # -- inbound ----------------------------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        """Run the call until Twilio sends ``stop``, the socket closes, or the protocol is broken."""
-        reason = "client_closed"
-        try:
-            while not self.stream_sid:
-                message = await asyncio.wait_for(self.socket.receive(), START_TIMEOUT_SECS)
-                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    return
-                self._before_start(message)
-            await self.open()
-            self.events.add_listener(self._on_event)
-            self.start_writer()
-            self.tasks.spawn(self._pump(), "twilio-pump")
-            self.connected(transport="twilio", stream_sid=self.stream_sid)
-            async for message in self.socket:
-                if message.type == WSMsgType.TEXT:
-                    if await self._after_start(_object(message.data)):
-                        reason = "client_stop"
-                        break
-                elif message.type == WSMsgType.BINARY:
-                    raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA, "Media Streams messages are text (JSON)")
-        except TimeoutError:
-            self.close_code, self.close_reason = (WSCloseCode.POLICY_VIOLATION,
-                                                  f"no start message within {START_TIMEOUT_SECS:.0f} s")
-            reason = "protocol_error"
-        except ProtocolError as exc:
-            self.protocol_error(exc)
-            reason = "protocol_error"
-        finally:
-            await self.close(reason=reason)
+    async def run(self) -> str:
+        """Until Twilio sends ``stop``, the socket closes, or the protocol is broken."""
+        while not self.stream_sid:
+            message = await asyncio.wait_for(self.socket.receive(), START_TIMEOUT_SECS)
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return "client_closed"
+            self._before_start(message)
+        await self.open()
+        self.events.add_listener(self._on_event)
+        self.start_writer()
+        self.tasks.spawn(self._pump(), "twilio-pump")
+        self.connected(transport="twilio", stream_sid=self.stream_sid)
+        async for message in self.socket:
+            if message.type == WSMsgType.TEXT:
+                if await self._after_start(_object(message.data)):
+                    return "client_stop"
+            elif message.type == WSMsgType.BINARY:
+                raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA, "Media Streams messages are text (JSON)")
+        return "client_closed"
 
     def _before_start(self, message: Any) -> None:
         if message.type != WSMsgType.TEXT:

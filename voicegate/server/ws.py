@@ -169,7 +169,23 @@ class SocketCall(CallCore):
             await self.feed(pending[start:start + CHUNK_SAMPLES], received_ms)
 
     async def serve(self) -> None:
-        """Run the call until it ends (the adapter's protocol)."""
+        """Run the call until it ends; a broken protocol or a missing start closes the socket with a code and a
+        reason, and every path closes the call."""
+        reason = "client_closed"
+        try:
+            reason = await self.run()
+        except TimeoutError:
+            self.close_code, self.close_reason = (WSCloseCode.POLICY_VIOLATION,
+                                                  f"no start message within {START_TIMEOUT_SECS:.0f} s")
+            reason = "protocol_error"
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+            reason = "protocol_error"
+        finally:
+            await self.close(reason=reason)
+
+    async def run(self) -> str:
+        """The adapter's protocol, until the call ends; returns why (``client_stop``, ``client_closed``, ...)."""
         raise NotImplementedError
 
     def stop_listening(self) -> None:
@@ -218,42 +234,30 @@ class WsCall(SocketCall):
             for data in self.codec.encode(frame.to_ndarray().reshape(-1)):
                 self._outbox.put_nowait(data)
 
-    async def serve(self) -> None:
-        """Run the call until the client stops it, closes the socket, breaks the protocol, or a limit ends it."""
-        reason = "client_closed"
-        try:
-            first = await asyncio.wait_for(self.socket.receive(), START_TIMEOUT_SECS)
-            if first.type == WSMsgType.BINARY:
-                raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
-                                    'audio before the start message: send {"type": "start", ...} first')
-            if first.type != WSMsgType.TEXT:
-                return
-            rate, encoding = parse_start(first.data)
-            self.codec = AudioCodec(rate, encoding, self.playout.sample_rate)
-            await self.open()
-            self.events.add_listener(self._send_event, replay=True)
-            self.start_writer()
-            self.tasks.spawn(self._pump(), "ws-pump")
-            self.connected(transport="ws", sample_rate=rate, encoding=encoding)
-            async for message in self.socket:
-                if message.type == WSMsgType.BINARY:
-                    await self._audio(message.data)
-                elif message.type == WSMsgType.TEXT:
-                    if self._control(message.data):
-                        reason = "client_stop"
-                        break
-                elif message.type == WSMsgType.ERROR:
-                    reason = "socket_error"
-                    break
-        except TimeoutError:
-            self.close_code, self.close_reason = (WSCloseCode.POLICY_VIOLATION,
-                                                  f"no start message within {START_TIMEOUT_SECS:.0f} s")
-            reason = "protocol_error"
-        except ProtocolError as exc:
-            self.protocol_error(exc)
-            reason = "protocol_error"
-        finally:
-            await self.close(reason=reason)
+    async def run(self) -> str:
+        """Until the client stops the call, closes the socket or breaks the protocol."""
+        first = await asyncio.wait_for(self.socket.receive(), START_TIMEOUT_SECS)
+        if first.type == WSMsgType.BINARY:
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
+                                'audio before the start message: send {"type": "start", ...} first')
+        if first.type != WSMsgType.TEXT:
+            return "client_closed"
+        rate, encoding = parse_start(first.data)
+        self.codec = AudioCodec(rate, encoding, self.playout.sample_rate)
+        await self.open()
+        self.events.add_listener(self._send_event, replay=True)
+        self.start_writer()
+        self.tasks.spawn(self._pump(), "ws-pump")
+        self.connected(transport="ws", sample_rate=rate, encoding=encoding)
+        async for message in self.socket:
+            if message.type == WSMsgType.BINARY:
+                await self._audio(message.data)
+            elif message.type == WSMsgType.TEXT:
+                if self._control(message.data):
+                    return "client_stop"
+            elif message.type == WSMsgType.ERROR:
+                return "socket_error"
+        return "client_closed"
 
     async def _audio(self, data: bytes) -> None:
         assert self.codec is not None
