@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from voicegate.config import options_from_env
+from voicegate.config import Options, options_from_env
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -114,6 +114,8 @@ def _asr_bench(args: argparse.Namespace) -> int:
 
     logging.getLogger("voicegate").setLevel(logging.WARNING)
     options = options_from_env()
+    if args.turns:
+        return _turn_bench(args, options)
     engines: dict[str, UtteranceAsr] = {}
     for name in args.engines:
         try:
@@ -124,6 +126,42 @@ def _asr_bench(args: argparse.Namespace) -> int:
     run_asr_bench(engines, args.out, fsdd_every=args.fsdd_every, vocal_per_class=args.vocal_per_class,
                   long_form=not args.no_long_form)
     print((args.out / "asr.md").read_text())
+    return 0
+
+
+def _turn_bench(args: argparse.Namespace, options: Options) -> int:
+    import asyncio
+    import shlex
+
+    from voicegate.asr.turns import local_turn_engine
+    from voicegate.asr.whisper import WhisperAsr
+    from voicegate.bench import turns
+    from voicegate.bench.asr_eval import lscpu_model
+    from voicegate.bench.corpus import SHARED
+
+    clips = turns.barista_clips(SHARED, args.limit)
+    if not clips:
+        print(f"voicegate asr-bench --turns: no labelled orders under {SHARED / turns.BARISTA}", file=sys.stderr)
+        return 2
+    report: dict[str, object] = {"clips": len(clips), "cpu": lscpu_model(), "profile": turns.environment_note(),
+                                 "command": "voicegate " + shlex.join(sys.argv[1:]), "offline": []}
+    offline: list[dict[str, object]] = []
+    for name in args.turn_engines:
+        before = turns.rss_mb()
+        try:
+            engine = WhisperAsr(options.asr, name="whisper-tiny.en (reflex decode)") if name == "reflex" \
+                else local_turn_engine(options.turn, name)
+        except (ValueError, OSError) as exc:
+            print(f"voicegate asr-bench --turns: {name}: {exc}", file=sys.stderr)
+            return 2
+        offline.append(turns.offline_engine(engine, clips, before))
+        print(f"{name}: {offline[-1]['slots_heard']:.1%} slot values heard", file=sys.stderr)
+    report["offline"] = offline
+    if args.live_calls:
+        live_clips = clips[:args.live_limit] if args.live_limit else clips
+        report["live"] = asyncio.run(turns.run_live(live_clips, args.live_calls, args.live_engine))
+    turns.write(report, args.out)
+    print((args.out / "turns.md").read_text())
     return 0
 
 
@@ -201,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--fsdd-every", type=int, default=5, help="use every Nth Free Spoken Digit clip")
     asr.add_argument("--vocal-per-class", type=int, default=12, help="non-speech vocal clips per class")
     asr.add_argument("--no-long-form", action="store_true", help="skip the long-form agreement check")
+    asr.add_argument("--turns", action="store_true",
+                     help="turn transcripts instead: slot values heard in the shared spoken orders, offline per "
+                          "engine and through live calls (writes turns.md / turns.json)")
+    asr.add_argument("--turn-engines", nargs="+", default=["reflex", "whisper-base"],
+                     help="--turns: engines offline (reflex = the reflex's tiny.en decode, whisper-base, "
+                          "whisper-tiny, or a CTranslate2 Whisper directory)")
+    asr.add_argument("--limit", type=int, default=None, help="--turns: only the first N orders")
+    asr.add_argument("--live-calls", type=int, nargs="*", default=[1, 4],
+                     help="--turns: concurrent calls per live pass (none: offline only)")
+    asr.add_argument("--live-limit", type=int, default=None, help="--turns: live passes on the first N orders only")
+    asr.add_argument("--live-engine", default="whisper-base", help="--turns: the server's VOICEGATE_TURN_ENGINE")
     asr.set_defaults(func=_asr_bench)
 
     load = sub.add_parser("load", help="concurrent real WebRTC calls on loopback (or a connect/hang-up soak)")

@@ -147,6 +147,49 @@ class AsrOptions:
 
 
 @dataclass(frozen=True)
+class TurnOptions:
+    """The turn transcriber: what the agent receives and the history records.
+
+    The reflex keeps its own small, fast engine (:class:`AsrOptions`) for partials and verdicts; the user's whole
+    turn is transcribed once more, by a stronger engine, on the turn's audio (every segment of the turn, one
+    decode), starting as soon as the end-of-turn silence begins.
+    """
+
+    engine: str = "whisper-base"
+    """``whisper-base`` (Whisper base from the package registry, the default), ``openai`` (``audio.transcriptions``
+    on ``base_url``, Whisper base as the fallback), ``reflex`` (no second transcriber: the reflex's own final
+    transcript, as before), or the path of any CTranslate2 Whisper directory."""
+    language: str = "en"
+    """Language token for a multilingual model (``en``; empty lets Whisper detect it)."""
+    beam_size: int = 1
+    threads: int = 2
+    """Threads inside one turn decode."""
+    workers: int = 1
+    """Turn decodes that may run at once in a process."""
+    nice: int = 5
+    """Niceness of the turn decode threads: under load the reflex's threads win the CPU."""
+    speculate_after_ms: float = 160.0
+    """Silence after which the turn's transcript is started (re-started if the user goes on)."""
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 3
+    """A whole-turn decode needs no strong repetition control: a penalty of 1.2 drops repeated words ("a little
+    bit of" → "little bit of"); ``voicegate asr-bench --turns``."""
+    max_tokens_base: int = 20
+    tokens_per_sec: float = 10.0
+    min_window_secs: float = 10.0
+    """The encoder sees at least this much (the turn plus silence): in a 2 s window Whisper base writes a lone
+    "stop" as "Stop Stop Stop"; from 10 s on it writes "Stop." (``voicegate asr-bench --turns``)."""
+    model: str = "whisper-1"
+    """``openai`` engine: the transcription model (a hosted one, or what a local faster-whisper server serves)."""
+    base_url: str | None = None
+    """``openai`` engine: the endpoint (default ``OPENAI_BASE_URL``, else OpenAI's)."""
+    api_key: str | None = None
+    """``openai`` engine: the key (default ``OPENAI_API_KEY``)."""
+    timeout_secs: float = 3.0
+    """``openai`` engine: a request slower than this fails over to the local engine."""
+
+
+@dataclass(frozen=True)
 class AgentOptions:
     """The brain: an OpenAI-compatible LLM, or the built-in demo assistant when none is configured."""
 
@@ -178,6 +221,7 @@ class Options:
     gate: GateOptions = field(default_factory=GateOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
     asr: AsrOptions = field(default_factory=AsrOptions)
+    turn: TurnOptions = field(default_factory=TurnOptions)
     vosk_model: Path | None = None
 
 
@@ -214,6 +258,8 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
     ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
     ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs; ``VOICEGATE_MAX_SESSIONS``,
     ``VOICEGATE_TOKEN``, ``VOICEGATE_CORS_ORIGINS`` and ``VOICEGATE_OFFERS_PER_MINUTE`` set the server's limits.
+    ``VOICEGATE_TURN_<FIELD>`` sets the turn transcriber (:class:`TurnOptions`; ``VOICEGATE_TURN_ENGINE``,
+    ``VOICEGATE_TURN_MODEL``, …); its endpoint and key default to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
     """
     env = dict(os.environ if env is None else env)
     opts = Options()
@@ -239,11 +285,14 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
         tts_voice=env.get("VOICEGATE_TTS_VOICE", AgentOptions.tts_voice),
     )
     vosk = env.get("VOICEGATE_VOSK_MODEL")
+    turn = _overlay(opts.turn, "VOICEGATE_TURN_", env)
+    turn = replace(turn, base_url=turn.base_url or agent.base_url, api_key=turn.api_key or agent.api_key)
     return Options(
         server=server,
         playout=_overlay(opts.playout, "VOICEGATE_PLAYOUT_", env),
         gate=_overlay(opts.gate, "VOICEGATE_GATE_", env),
         agent=agent,
         asr=_overlay(opts.asr, "VOICEGATE_ASR_", env),
+        turn=turn,
         vosk_model=Path(vosk) if vosk else None,
     )

@@ -29,6 +29,7 @@ EVENT_TYPES = frozenset(
         "gate.verdict",
         "asr.partial",
         "asr.final",
+        "user.turn",
         "agent.reply",
         "error",
     }

@@ -105,12 +105,14 @@ class ServerProcess:
         await asyncio.wait_for(self.proc.wait(), 20)
 
 
-async def start_server(max_sessions: int, workers: int | None = None) -> ServerProcess:
-    """Start ``voicegate serve`` on a free loopback port and wait for ``/healthz``."""
+async def start_server(max_sessions: int, workers: int | None = None,
+                       env: dict[str, str] | None = None) -> ServerProcess:
+    """Start ``voicegate serve`` on a free loopback port and wait for ``/healthz`` (``env``: added variables)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "VOICEGATE_MAX_SESSIONS": str(max_sessions), "VOICEGATE_OFFERS_PER_MINUTE": "0"}
+    env = {**os.environ, "VOICEGATE_MAX_SESSIONS": str(max_sessions), "VOICEGATE_OFFERS_PER_MINUTE": "0",
+           **(env or {})}
     extra = ["--workers", str(workers)] if workers is not None else []
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicegate", "serve", "--port", str(port),
                                                 *extra, env=env, stdout=subprocess.DEVNULL,

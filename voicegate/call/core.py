@@ -21,10 +21,11 @@ from voicegate.agent.base import Agent, ReplyRunner
 from voicegate.agent.demo import DemoAssistant
 from voicegate.agent.llm import LlmAgent
 from voicegate.asr.scheduler import AsrService
-from voicegate.config import Options
+from voicegate.asr.turns import TurnService
+from voicegate.config import Options, TurnOptions
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
-from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service
+from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service, turn_service
 from voicegate.gate.reflex import ReflexGate
 from voicegate.gate.relevance import RelevanceJudge, load_judge
 from voicegate.media.playout import PlayoutTrack
@@ -37,9 +38,10 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def shared_models() -> tuple[RelevanceJudge, AsrService]:
-    """The relevance judge and the transcript workers: loaded once per process, shared by every call."""
-    return load_judge(), asr_service()
+def shared_models(turn: TurnOptions) -> tuple[RelevanceJudge, AsrService, TurnService | None]:
+    """The relevance judge, the reflex's transcript workers and the turn transcriber: loaded once per process,
+    shared by every call."""
+    return load_judge(), asr_service(), turn_service(turn)
 
 
 class CallCore:
@@ -110,13 +112,13 @@ class CallCore:
         loop = asyncio.get_running_loop()
         try:
             models = await loop.run_in_executor(None, GateModels, self.options.gate, self.playout.sample_rate)
-            judge, service = await loop.run_in_executor(None, shared_models)
+            judge, service, turns = await loop.run_in_executor(None, shared_models, self.options.turn)
         except Exception as exc:
             log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
             self.events.emit("error", stage="gate", message=str(exc))
             return
         gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
-        self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms)
+        self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms, turns)
         self.driver.on_error = self._stage_error
         self.driver.on_cpu = self.cpu_observer
         if models.echo is not None:

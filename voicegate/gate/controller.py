@@ -213,9 +213,11 @@ class DuplexController:
         """A transcript of the user's sound (partial while they speak, final at its end)."""
         self.events.emit("asr.final" if final else "asr.partial", text=text)
 
-    def on_user_turn_ended(self, text: str) -> None:
-        """The gate finished the user's turn: free the floor and hand the text to the agent."""
+    def on_user_turn_ended(self, text: str, **fields: Any) -> None:
+        """The gate finished the user's turn: free the floor, say so (``user.turn``: the text the agent gets and
+        the engine that wrote it), and hand the text to the agent."""
         self.end_user_turn()
+        self.events.emit("user.turn", text=text, **fields)
         if self.on_user_turn is not None:
             self.on_user_turn(text)
 

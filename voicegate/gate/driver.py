@@ -22,9 +22,10 @@ import numpy as np
 from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
+from voicegate.asr.turns import CallTurns, TurnService
 from voicegate.audio.echo import EchoControl
 from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow
-from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, options_from_env
+from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, TurnOptions, options_from_env
 from voicegate.gate.reflex import Gate
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class LiveGateDriver:
     """
 
     def __init__(self, models: GateModels, gate: Gate, service: AsrService, call_id: str,
-                 now_ms: Callable[[], float]) -> None:
+                 now_ms: Callable[[], float], turn_service: TurnService | None = None) -> None:
         self.models = models
         self.gate = gate
         self.service = service
@@ -183,6 +184,15 @@ class LiveGateDriver:
         """``(stage, compute ms, queue wait ms)`` after each chunk and each decode (metrics)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self.turns: CallTurns | None = None
+        """The call's turn transcriber (``None`` when the reflex's final transcript is the turn)."""
+        if turn_service is not None and hasattr(gate, "turns"):
+            self.turns = CallTurns(turn_service, models.audio, call_id, self._turn_error)
+            gate.turns = self.turns
+
+    def _turn_error(self, stage: str, cause: str, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(stage, cause, message)
 
     async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
         """Run one chunk; decisions are applied on the event loop as soon as the models return."""
@@ -229,6 +239,8 @@ class LiveGateDriver:
         """Release the call's thread, its echo canceller and whatever it still had queued for transcription."""
         self._closed = True
         self.service.drop_call(self.call_id)
+        if self.turns is not None:
+            self.turns.close()
         if self.models.echo is not None:
             # On the gate thread, after any step in flight: the native canceller must not vanish under it.
             self.executor.submit(self.models.echo.close)
@@ -353,6 +365,17 @@ def default_asr() -> UtteranceAsr:
     """The engine ``VOICEGATE_ASR_ENGINE`` names (default: Vosk when a model is found, else Whisper tiny.en)."""
     options = options_from_env()
     return make_asr(options.asr.engine, options)
+
+
+@functools.cache
+def turn_service(options: TurnOptions) -> TurnService | None:
+    """The process's turn transcriber for ``options`` (``None`` for the ``reflex`` engine), warming up in the
+    background."""
+    if options.engine == "reflex":
+        return None
+    service = TurnService(options)
+    service.warm_up()
+    return service
 
 
 @functools.cache

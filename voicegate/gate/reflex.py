@@ -18,7 +18,9 @@ Policy (every threshold is in :class:`~voicegate.config.GateOptions`):
    - no transcript can be had (ASR overloaded or failed) → decided on VAD alone: at least
      ``fallback_interrupt_ms`` of voiced sound → ``interrupt``, less → ``noise``.
 3. ``interrupt`` stops the bot and gives the user the turn; anything else resumes from the paused sample.
-4. The user's turn ends after ``end_of_turn_ms`` of silence; its final transcript goes to the agent.
+4. The user's turn ends after ``end_of_turn_ms`` of silence; its final transcript goes to the agent. With a turn
+   transcriber (:attr:`ReflexGate.turns`), the turn's whole audio is transcribed again by a stronger engine, started
+   when its silence begins, and that transcript goes to the agent instead (the reflex's ``asr.final`` is unchanged).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Protocol
 
 from voicegate.asr.base import Transcript, syllables
 from voicegate.asr.kws import KeywordHit
-from voicegate.audio.vad import VadWindow
+from voicegate.audio.vad import WINDOW_SAMPLES, VadWindow
 from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
 from voicegate.gate.relevance import STOP_PHRASES, LexiconJudge, Relevance, RelevanceJudge, content_words, normalize
 
@@ -60,11 +62,27 @@ class GateSink(Protocol):
 
     def on_verdict(self, label: str, reasons: list[str], **fields: object) -> None: ...
 
-    def on_user_turn_ended(self, text: str) -> None: ...
+    def on_user_turn_ended(self, text: str, **fields: object) -> None: ...
 
     def on_transcript(self, text: str, final: bool) -> None: ...
 
     def is_echo_text(self, text: str) -> bool: ...
+
+
+class TurnTaker(Protocol):
+    """Transcribes the user's whole turn with a stronger engine (:class:`voicegate.asr.turns.CallTurns`)."""
+
+    speculate_after_windows: int
+    """Silent 32 ms windows after the last voiced one at which the turn's decode starts."""
+
+    def speculate(self, start_samples: int, end_samples: int) -> None:
+        """Silence began: start decoding the turn so far."""
+        ...
+
+    def finish(self, start_samples: int, end_samples: int,
+               deliver: Callable[[str, dict[str, object]], None]) -> None:
+        """The turn is confirmed: call ``deliver(text, fields)`` with its transcript."""
+        ...
 
 
 TranscriptRequest = Callable[[int, int, int, bool], None]
@@ -125,6 +143,10 @@ class _Segment:
     texts: list[str] = field(default_factory=list)
     keyword: str | None = None
     """The stop phrase the spotter heard in this sound, if any."""
+    voice_end: int = 0
+    """End of the last voiced window (stream samples)."""
+    turn_handed: bool = False
+    """The turn transcriber has this segment's turn: the reflex's final no longer ends the turn."""
 
 
 class ReflexGate:
@@ -139,8 +161,11 @@ class ReflexGate:
         self.segment: _Segment | None = None
         self._last_contested: tuple[int, float] | None = None
         self._stop_lexicon = frozenset(normalize(p) for p in (*STOP_PHRASES, *options.stop_phrases))
-        self._pending_turn: tuple[int, float, str] | None = None
-        """(start sample, end ms, text) of an interrupting turn that may still go on."""
+        self._pending_turn: tuple[int, float, str, int, str | None] | None = None
+        """(start sample, end ms, text, turn end sample, stop phrase) of an interrupting turn that may still go
+        on."""
+        self.turns: TurnTaker | None = None
+        """A stronger transcriber for the user's turns; ``None``: the reflex's final transcript is the turn."""
         self._ids = itertools.count(1)
         self.verdicts: list[dict[str, object]] = []
         self.input_lag_ms = 0.0
@@ -163,7 +188,10 @@ class ReflexGate:
         if pending is not None and w.event != "start" \
                 and t_ms - pending[1] >= self.options.end_of_turn_ms - PAUSED_HANGOVER_MS:
             self._pending_turn = None
-            self._emit_turn(pending[2], contested=True)
+            if self.turns is not None:
+                self.turns.finish(pending[0], pending[3], self._turn_delivery(pending[4], contested=True))
+            else:
+                self._emit_turn(pending[2], contested=True)
         if w.event == "start":
             self._start(w, t_ms)
         seg = self.segment
@@ -180,10 +208,14 @@ class ReflexGate:
             seg.voiced_ms += 1000.0 * 512 / PIPELINE_SAMPLE_RATE
             seg.speculative_end = None
             seg.speculative = None
+            seg.voice_end = w.end_samples
         if w.event == "end":
             self._end(seg, w, t_ms)
             return
         seg.silent_windows = 0 if w.voiced else seg.silent_windows + 1
+        turns = self.turns
+        if turns is not None and seg.silent_windows == turns.speculate_after_windows and self._owns_turn(seg):
+            turns.speculate(seg.start_samples, self._turn_end(seg))
         if seg.contested and not seg.decided:
             if seg.silent_windows == SPECULATE_AFTER_WINDOWS and seg.speculative_end is None \
                     and seg.voiced_ms >= self.options.short_sound_ms and seg.asr_failed is None:
@@ -373,6 +405,10 @@ class ReflexGate:
         seg.ended_ms = t_ms
         seg.end_samples = w.end_samples
         self.sink.on_speech_ended(t_ms, segment_id=seg.segment_id, voiced_ms=round(seg.voiced_ms))
+        if self.turns is not None and self._owns_turn(seg) and seg.voiced_ms >= self.options.short_sound_ms:
+            seg.turn_handed = True
+            self.turns.finish(seg.start_samples, self._turn_end(seg),
+                              self._turn_delivery(seg.keyword, seg.contested))
         if seg.contested and not seg.decided and seg.voiced_ms < self.options.short_sound_ms:
             self._decide(seg, "noise", ["short_sound"], t_ms)
             return
@@ -400,24 +436,53 @@ class ReflexGate:
         self.sink.on_verdict(label, reasons, ms_since_onset=verdict["ms_since_onset"], **fields)
         if label != "interrupt":
             self.segment = None
-        elif seg.ended_ms is not None and seg.end_samples is not None and not have_final:
+            return
+        if self.turns is not None and seg.voice_end and seg.silent_windows >= self.turns.speculate_after_windows:
+            self.turns.speculate(seg.start_samples, self._turn_end(seg))  # decided in the silence after the sound
+        if seg.ended_ms is not None and seg.end_samples is not None and not have_final:
             self.request_transcript(seg.segment_id, seg.start_samples, seg.end_samples, True)
 
     def _finish_turn(self, seg: _Segment, text: str) -> None:
         if seg.ended_ms is None:
             return
         self.segment = None
-        if seg.keyword is not None and len(text.split()) <= 1 and normalize(text) not in self._stop_lexicon:
-            # One short word that the spotter heard as a stop phrase and the transcript as something else
-            # ("stop" → "start"): the spotter's reading wins, so a bare stop command stays a bare stop command.
-            text = seg.keyword
+        if seg.turn_handed:
+            return  # the turn transcriber delivers this turn
+        text = self._keyword_rule(text, seg.keyword)
         if seg.short_end:
             # The sound ended on the short hangover used while a verdict was owed; the turn ends only after
             # ``end_of_turn_ms`` of silence ("wait, … how far away is the moon").
-            self._pending_turn = (seg.start_samples, seg.ended_ms, text)
+            turn_end = self._turn_end(seg)
+            self._pending_turn = (seg.start_samples, seg.ended_ms, text, turn_end, seg.keyword)
+            if self.turns is not None:
+                self.turns.speculate(seg.start_samples, turn_end)
             return
         self._emit_turn(text, seg.contested)
 
-    def _emit_turn(self, text: str, contested: bool) -> None:
+    def _keyword_rule(self, text: str, keyword: str | None) -> str:
+        if keyword is not None and len(text.split()) <= 1 and normalize(text) not in self._stop_lexicon:
+            # One short word that the spotter heard as a stop phrase and the transcript as something else
+            # ("stop" → "start"): the spotter's reading wins, so a bare stop command stays a bare stop command.
+            return keyword
+        return text
+
+    def _emit_turn(self, text: str, contested: bool, fields: dict[str, object] | None = None) -> None:
         if self.judge.classify(text).label != "ignore" or contested:
-            self.sink.on_user_turn_ended(text)
+            self.sink.on_user_turn_ended(text, **(fields or {"engine": "reflex"}))
+
+    def _owns_turn(self, seg: _Segment) -> bool:
+        """The user holds the floor in this sound: it started in silence, or it interrupted the bot."""
+        return not seg.contested or (seg.decided and self.segment is seg)
+
+    def _turn_end(self, seg: _Segment) -> int:
+        """Where a turn's audio ends: a fixed margin after its last voiced window, so that the decode started when
+        the silence began covers the same audio as the turn confirmed later."""
+        margin = WINDOW_SAMPLES * (self.turns.speculate_after_windows if self.turns is not None else 1)
+        end = seg.voice_end + margin if seg.voice_end else seg.start_samples
+        return end if seg.end_samples is None else min(end, max(seg.end_samples, seg.start_samples))
+
+    def _turn_delivery(self, keyword: str | None, contested: bool) -> Callable[[str, dict[str, object]], None]:
+        def deliver(text: str, fields: dict[str, object]) -> None:
+            self._emit_turn(self._keyword_rule(text, keyword), contested, fields)
+
+        return deliver
