@@ -51,10 +51,11 @@ class Session(CallCore):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self.inbound is None:
+            self.inbound = InboundAudio(track, self.clock)
             for receiver in self.pc.getReceivers():
                 if receiver.track is track:
-                    shorten_jitter_buffer(receiver, self.options.server.inbound_jitter_frames)
-            self.inbound = InboundAudio(track, self.clock)
+                    # Opus is decoded to 16 kHz mono as each packet arrives and pushed straight to the gate.
+                    shorten_jitter_buffer(receiver, self.options.server.inbound_jitter_frames, self.inbound.push)
             self.tasks.spawn(self.inbound.run(), "inbound")
             self.tasks.spawn(self._consume(self.inbound), "gate")
         else:
