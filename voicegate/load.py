@@ -186,6 +186,12 @@ def late_fraction(metrics: dict[str, float], before: dict[str, float] | None = N
     return (total - within) / total if total > 0 else 0.0
 
 
+def _ratio(after: dict[str, float], before: dict[str, float], num: str, den: str) -> float | None:
+    """The run's increase of series ``num`` over that of ``den`` (None when ``den`` did not move)."""
+    d = after.get(den, 0.0) - before.get(den, 0.0)
+    return round((after.get(num, 0.0) - before.get(num, 0.0)) / d, 2) if d > 0 else None
+
+
 async def _phrases() -> list[np.ndarray]:
     out = []
     for phrase in ("stop", "uh-huh", "wait a second", "okay"):
@@ -399,6 +405,7 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "server_rss_mb": round(server.rss_mb(), 1) if server else None,
         "stage_cpu_percent_of_one_core": stage_cpu(before, metrics, elapsed),
         "asr_queue_wait_ms_p95": histogram_p95_ms(before, metrics, "voicegate_asr_queue_seconds"),
+        "vad_windows_per_onnx_run": _ratio(metrics, before, "voicegate_vad_windows", "voicegate_vad_onnx_runs"),
     }
     if server:
         await server.stop()

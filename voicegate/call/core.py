@@ -21,6 +21,7 @@ from voicegate.agent.base import Agent, ReplyRunner
 from voicegate.agent.demo import DemoAssistant
 from voicegate.agent.llm import LlmAgent
 from voicegate.asr.scheduler import AsrService
+from voicegate.audio.vad import vad_batcher
 from voicegate.config import Options
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
@@ -115,6 +116,7 @@ class CallCore:
             log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
             self.events.emit("error", stage="gate", message=str(exc))
             return
+        models.vad.vad.batcher = vad_batcher()  # Silero runs batched with the process's other calls
         gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
         self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms)
         self.driver.on_error = self._stage_error
