@@ -104,7 +104,10 @@ def test_opus_decoder_conceals_a_lost_packet_and_rejects_garbage() -> None:
     decoder.close()
 
 
-async def test_webrtc_inbound_opus_is_decoded_as_it_arrives(server: TestServer, shared_data: Path) -> None:
+async def test_webrtc_opus_is_decoded_at_16k_as_it_arrives_and_encoded_mono(server: TestServer,
+                                                                             shared_data: Path) -> None:
+    """Both directions of a real aiortc call go through libopus: the caller's audio arrives whole and as loud as it
+    was sent, and the bot's voice (Opus packets made here, mono) is heard by the caller."""
     clip = load_audio(shared_data / RECORDINGS[0], 48_000)[: 48_000 * 2]
     caller = Caller(base_url(server), ClipTrack(clip, delay_secs=0.2))
     await caller.connect()
@@ -124,6 +127,10 @@ async def test_webrtc_inbound_opus_is_decoded_as_it_arrives(server: TestServer, 
         assert abs(session.inbound.received_samples - caller.mic.sent_frames * 320) <= 4 * 320
         sent_rms = float(np.sqrt(np.sum(clip.astype(np.float64) ** 2) / (caller.mic.sent_frames * 960)))
         assert 0.6 * sent_rms < session.inbound_rms < 1.5 * sent_rms, (session.inbound_rms, sent_rms)
+        assert session.outbound.opus, "Opus was negotiated: the server encodes the bot's voice itself"
+        await caller.wait_event("bot.speaking")
+        await asyncio.sleep(1.0)
+        assert caller.bot_rms(last_frames=25) > 200, "the caller hears the bot's voice"
     finally:
         await caller.close()
 
