@@ -146,3 +146,35 @@ async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transpor
     assert result["caller_pauses"] >= 0.5 * result["phrases"], result
     assert 20 < result["caller_pause_ms_p50"] < 400, result
     assert result["callers_cpu_percent_of_one_core"] < 0.5 * result["server_cpu_percent_of_one_core"], result
+
+
+@pytest.mark.parametrize(("rate", "encoding", "playout_rate", "frame_bytes"),
+                         [(16_000, "pcm16", 16_000, 640), (48_000, "pcm16", 48_000, 1920),
+                          (8000, "mulaw", 24_000, 160)])
+async def test_ws_call_plays_out_at_the_clients_rate(server: TestServer, rate: int, encoding: str,
+                                                      playout_rate: int, frame_bytes: int) -> None:
+    """A /ws client at 16, 24 or 48 kHz gets the bot's frames made at its own rate (no resampler per frame)."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    url = base_url(server).replace("http://", "ws://") + "/ws"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_str(json.dumps({"type": "start", "sample_rate": rate, "encoding": encoding}))
+        sizes: list[int] = []
+        loud = 0
+        silence = bytes(frame_bytes)
+        async with asyncio.timeout(10):
+            while len(sizes) < 60:
+                await ws.send_bytes(silence)
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    sizes.append(len(message.data))
+                    if encoding == "pcm16":
+                        loud += int(np.abs(np.frombuffer(message.data, "<i2")).max() > 1000)
+        calls = list(server.app[SESSIONS].values())
+        assert len(calls) == 1 and calls[0].playout.sample_rate == playout_rate
+        assert set(sizes) == {frame_bytes}
+        assert encoding != "pcm16" or loud > 5, "the bot's greeting is heard"
+        await ws.send_str(json.dumps({"type": "stop"}))

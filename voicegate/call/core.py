@@ -96,6 +96,15 @@ class CallCore:
 
         return FallbackTts(primary, espeak, report)
 
+    def use_playout_rate(self, sample_rate: int) -> None:
+        """Before the call opens: play the bot out at ``sample_rate`` (a transport that learns its client's rate
+        from the client's first message then sends frames without a resampler in between)."""
+        if sample_rate == self.playout.sample_rate:
+            return
+        self.playout.set_sample_rate(sample_rate)
+        self.tts = self._make_tts(self.options)
+        self.controller.tts = self.tts
+
     def component_failed(self, stage: str, exc: Exception) -> None:
         """Report a component that failed (an ``error`` event)."""
         self.events.emit("error", stage=stage, cause=type(exc).__name__, message=str(exc))

@@ -27,6 +27,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from voicegate.media.playout import PlayoutTrack
+
 log = logging.getLogger(__name__)
 
 MAX_FRAME_SECS = 0.12
@@ -152,7 +154,7 @@ class OpusEncoder:
 
 
 class EncodedPlayout(MediaStreamTrack):
-    """The bot's voice as Opus packets: reads a 48 kHz mono audio track and returns ``av.Packet`` s, which aiortc's
+    """The bot's voice as Opus packets: reads a 48 kHz playout track and returns ``av.Packet`` s, which aiortc's
     sender packetizes as they are (no stereo upmix, no executor hop, no per-sample audio level in Python).
 
     Until :attr:`opus` is set True (the call negotiated Opus) frames pass through unchanged, for aiortc to encode.
@@ -161,7 +163,7 @@ class EncodedPlayout(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, source: MediaStreamTrack, sample_rate: int = 48_000) -> None:
+    def __init__(self, source: PlayoutTrack, sample_rate: int = 48_000) -> None:
         super().__init__()
         self.source = source
         self.opus = False
@@ -173,13 +175,13 @@ class EncodedPlayout(MediaStreamTrack):
         """The next frame, encoded once Opus is negotiated."""
         if self.readyState != "live":
             raise MediaStreamError
-        frame = await self.source.recv()
-        if not self.opus or frame.sample_rate != self._sample_rate:
-            return frame
+        if not self.opus or self.source.sample_rate != self._sample_rate:
+            return await self.source.recv()
+        pcm = await self.source.recv_pcm()
         if self._encoder is None:
             self._encoder = OpusEncoder(self._sample_rate)
-        packet = av.Packet(self._encoder.encode(frame.to_ndarray().reshape(-1)))
-        packet.pts = frame.pts
+        packet = av.Packet(self._encoder.encode(pcm))
+        packet.pts = self.source.pts
         packet.time_base = self._time_base
         return packet
 
