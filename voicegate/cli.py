@@ -177,7 +177,7 @@ def _load(args: argparse.Namespace) -> int:
         return 0
     for calls in args.calls:
         print(json.dumps(asyncio.run(run_load(calls, args.secs, args.url, quiet=args.quiet, workers=args.workers,
-                                              server_pid=args.server_pid))),
+                                              server_pid=args.server_pid, transport=args.transport))),
               flush=True)
     return 0
 
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--live-engine", default="whisper-base", help="--turns: the server's VOICEGATE_TURN_ENGINE")
     asr.set_defaults(func=_asr_bench)
 
-    load = sub.add_parser("load", help="concurrent real WebRTC calls on loopback (or a connect/hang-up soak)")
+    load = sub.add_parser("load", help="concurrent real calls on loopback (or a connect/hang-up soak)")
     load.add_argument("--calls", type=int, nargs="+", default=[4], help="concurrent calls (several: a sweep)")
     load.add_argument("--secs", type=float, default=20.0, help="talk time per run")
     load.add_argument("--url", default=None, help="an already running server (default: start one)")
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --url: the server's process id, to measure its CPU (and its workers')")
     load.add_argument("--workers", type=int, default=None,
                       help="start the server with --workers N (default: the server's own default)")
+    load.add_argument("--transport", choices=("webrtc", "ws", "twilio"), default="webrtc",
+                      help="how the callers connect: real WebRTC calls (default), GET /ws (16 kHz PCM16) or "
+                           "GET /twilio (Media Streams); the socket callers cost a fraction of a WebRTC caller")
     load.set_defaults(func=_load)
     return parser
 

@@ -1,4 +1,4 @@
-"""``voicegate load``: N concurrent real WebRTC calls on loopback, and a connect/talk/hang-up soak.
+"""``voicegate load``: N concurrent real calls on loopback, and a connect/talk/hang-up soak.
 
 The server runs in its own process tree (started here unless ``--url`` is given; with ``--workers`` a supervisor
 and its workers) and its CPU is measured alone, over the whole tree. The callers run in *other* processes
@@ -6,7 +6,13 @@ and its workers) and its CPU is measured alone, over the whole tree. The callers
 the report gives the callers' CPU and the machine's idle share beside the server's. In the default (barge-in)
 mode each caller says "stop", "uh-huh", "wait a second" or "okay" (espeak-ng) every few seconds while the bot
 talks; with ``quiet`` the callers stay silent (the cost of listening). Figures come from the server's
-``/metrics`` and ``/proc``.
+``/metrics`` and ``/proc``; the time to pause is also timed on the callers' side (onset of speech in their stream
+to the first silent frame they receive, or to Twilio's ``clear``).
+
+``transport``: ``webrtc`` (default: aiortc callers, about as costly as the server's side of the call), ``ws``
+(``GET /ws``, 16 kHz PCM16) or ``twilio`` (``GET /twilio`` Media Streams): the socket callers
+(:mod:`voicegate.load_socket`) cost a small fraction of an aiortc caller, so the server's capacity can be measured
+on the machine that runs them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from voicegate.client import Caller, ClipTrack
 from voicegate.tts.espeak import EspeakTts
 
 CALLS_PER_PROCESS = 3
+"""aiortc callers per caller process."""
+SOCKET_CALLS_PER_PROCESS = 8
+"""``/ws`` and ``/twilio`` callers per caller process (each costs a small fraction of an aiortc caller)."""
+TRANSPORTS = ("webrtc", "ws", "twilio")
 
 
 def _stat(pid: int) -> list[str]:
@@ -178,6 +188,12 @@ def late_fraction(metrics: dict[str, float], before: dict[str, float] | None = N
     return (total - within) / total if total > 0 else 0.0
 
 
+def _ratio(after: dict[str, float], before: dict[str, float], num: str, den: str) -> float | None:
+    """The run's increase of series ``num`` over that of ``den`` (None when ``den`` did not move)."""
+    d = after.get(den, 0.0) - before.get(den, 0.0)
+    return round((after.get(num, 0.0) - before.get(num, 0.0)) / d, 2) if d > 0 else None
+
+
 async def _phrases() -> list[np.ndarray]:
     out = []
     for phrase in ("stop", "uh-huh", "wait a second", "okay"):
@@ -186,21 +202,51 @@ async def _phrases() -> list[np.ndarray]:
     return out
 
 
-async def _talk(caller: Caller, phrases: list[np.ndarray], secs: float, offset: int) -> None:
+def _gap_secs(i: int) -> float:
+    """The pause before a caller's ``i``-th phrase: 2.5–3.9 s, staggered over the callers."""
+    return 2.5 + (i % 3) * 0.7
+
+
+async def _talk(caller: Caller, phrases: list[np.ndarray], onsets_secs: list[float], secs: float, offset: int,
+                onsets: list[float]) -> None:
     await caller.wait_event("bot.speaking", timeout=15)
     deadline = time.monotonic() + secs
     i = offset
     while time.monotonic() < deadline:
-        await asyncio.sleep(2.5 + (i % 3) * 0.7)
+        await asyncio.sleep(_gap_secs(i))
         caller.mic.schedule(phrases[i % len(phrases)], 0.0)
+        await caller.mic.clip_started.wait()
+        assert caller.mic.clip_started_at is not None
+        onsets.append(caller.mic.clip_started_at + onsets_secs[i % len(phrases)])
         i += 1
 
 
-async def run_callers(url: str, calls: int, secs: float, offset: int, quiet: bool) -> None:
+def webrtc_pauses_ms(caller: Caller, onsets: list[float]) -> list[float]:
+    """Caller-side time to pause of an aiortc caller: speech onset in its microphone → the first of
+    ``SILENT_RUN_FRAMES`` silent frames received, for phrases said while the bot was audible and that paused it."""
+    from voicegate.load_socket import SocketCaller
+
+    probe = SocketCaller("", "ws")
+    probe.levels, probe.onsets = caller.bot_levels, onsets
+    probe.events = [e for e in caller.events if "_received" in e]
+    return probe.pauses_ms()
+
+
+async def run_callers(url: str, calls: int, secs: float, offset: int, quiet: bool, transport: str = "webrtc") -> None:
     """A caller process: connect ``calls`` calls, say so on stdout, wait for ``go`` on stdin, talk (or stay
     quiet) for ``secs``, then print what the callers saw as one JSON line."""
+    if transport != "webrtc":
+        await run_socket_callers(url, calls, secs, offset, quiet, transport)
+        return
+    from voicegate.bench.scenario import onset_ms, speech_onset_ms
+
     loop = asyncio.get_running_loop()
     phrases = [] if quiet else await _phrases()
+    onsets_secs = []
+    for pcm in phrases:
+        clean16 = resample(pcm, 48_000, 16_000)
+        speech = speech_onset_ms(clean16)
+        onsets_secs.append((speech if speech is not None else onset_ms(clean16)) / 1000)
     callers = [Caller(url, ClipTrack(), keep_frames=False) for _ in range(calls)]
     results = await asyncio.gather(*(c.connect() for c in callers), return_exceptions=True)
     failed = [str(r) for r in results if isinstance(r, BaseException)]
@@ -208,20 +254,71 @@ async def run_callers(url: str, calls: int, secs: float, offset: int, quiet: boo
     print(json.dumps({"connected": len(live), "failed": failed}), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
     cpu0 = time.process_time()
+    onsets: list[list[float]] = [[] for _ in live]
     if quiet:
         await asyncio.sleep(secs)
     else:
-        await asyncio.gather(*(_talk(c, phrases, secs, offset + i) for i, c in enumerate(live)))
+        await asyncio.gather(*(_talk(c, phrases, onsets_secs, secs, offset + i, onsets[i])
+                               for i, c in enumerate(live)))
     cpu = time.process_time() - cpu0
     pauses = [e["since_onset_ms"] for c in live for e in c.events
               if e["type"] == "bot.paused" and "since_onset_ms" in e]
     verdicts = [e["ms_since_onset"] for c in live for e in c.events if e["type"] == "gate.verdict"]
-    print(json.dumps({"pauses": pauses, "verdicts": verdicts, "cpu_secs": cpu}), flush=True)
+    heard = [p for c, o in zip(live, onsets, strict=True) for p in webrtc_pauses_ms(c, o)]
+    print(json.dumps({"pauses": pauses, "caller_pauses": heard, "phrases": sum(map(len, onsets)),
+                      "verdicts": verdicts, "cpu_secs": cpu}), flush=True)
     await asyncio.gather(*(c.close() for c in callers), return_exceptions=True)
 
 
-async def _spawn_callers(url: str, calls: int, secs: float, offset: int, quiet: bool) -> asyncio.subprocess.Process:
-    args = [sys.executable, "-m", "voicegate.load", url, str(calls), str(secs), str(offset), "1" if quiet else "0"]
+async def run_socket_callers(url: str, calls: int, secs: float, offset: int, quiet: bool, transport: str) -> None:
+    """:func:`run_callers` for ``/ws`` or ``/twilio`` callers (:mod:`voicegate.load_socket`)."""
+    from voicegate.load_socket import SocketCaller, socket_phrases
+
+    loop = asyncio.get_running_loop()
+    phrases = [] if quiet else await socket_phrases(transport, await _phrases())
+    callers = [SocketCaller(url, transport) for _ in range(calls)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=30)) as http:
+        connected = [loop.create_future() for _ in callers]
+        runs = [asyncio.ensure_future(c.run(http, f)) for c, f in zip(callers, connected, strict=True)]
+        results = await asyncio.gather(*connected, return_exceptions=True)
+        failed = [str(r) or type(r).__name__ for r in results if isinstance(r, BaseException)]
+        live = [c for c, r in zip(callers, results, strict=True) if not isinstance(r, BaseException)]
+        print(json.dumps({"connected": len(live), "failed": failed}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
+        cpu0 = time.process_time()
+
+        async def talk(caller: SocketCaller, i: int) -> None:
+            await asyncio.wait_for(caller.wait_speaking(), 15)
+            deadline = time.monotonic() + secs
+            while time.monotonic() < deadline:
+                await asyncio.sleep(_gap_secs(i))
+                caller.say(phrases[i % len(phrases)])
+                i += 1
+
+        if quiet:
+            await asyncio.sleep(secs)
+        else:
+            await asyncio.gather(*(talk(c, offset + i) for i, c in enumerate(live)), return_exceptions=True)
+        await asyncio.sleep(PAUSE_TAIL_SECS)  # the last phrase's pause and verdict
+        cpu = time.process_time() - cpu0
+        pauses = [e["since_onset_ms"] for c in live for e in c.events
+                  if e["type"] == "bot.paused" and "since_onset_ms" in e]
+        print(json.dumps({"pauses": pauses, "caller_pauses": [p for c in live for p in c.pauses_ms()],
+                          "phrases": sum(len(c.onsets) for c in live),
+                          "verdicts": [v for c in live for v in c.verdict_ms()], "cpu_secs": cpu}), flush=True)
+        for caller in callers:
+            caller.hang_up()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+
+PAUSE_TAIL_SECS = 1.5
+"""Socket callers keep streaming this long after the talk time, so the last phrase's pause is heard."""
+
+
+async def _spawn_callers(url: str, calls: int, secs: float, offset: int, quiet: bool,
+                         transport: str = "webrtc") -> asyncio.subprocess.Process:
+    args = [sys.executable, "-m", "voicegate.load", url, str(calls), str(secs), str(offset), "1" if quiet else "0",
+            transport]
     return await asyncio.create_subprocess_exec(*args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                 stderr=subprocess.DEVNULL)
 
@@ -252,16 +349,21 @@ class _Running:
 
 
 async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool = False,
-                   workers: int | None = None, server_pid: int | None = None) -> dict[str, Any]:
-    """Open ``calls`` concurrent calls for ``secs`` seconds; return the figures."""
+                   workers: int | None = None, server_pid: int | None = None,
+                   transport: str = "webrtc") -> dict[str, Any]:
+    """Open ``calls`` concurrent calls over ``transport`` (webrtc, ws, twilio) for ``secs`` seconds; return the
+    figures."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r}: use one of {TRANSPORTS}")
     server: ServerProcess | _Running | None
     if url:
         server = _Running(server_pid, url) if server_pid else None
     else:
         server = await start_server(max(calls, 1), workers)
     base = url or (server.url if server else "")
-    groups = [min(CALLS_PER_PROCESS, calls - i) for i in range(0, calls, CALLS_PER_PROCESS)]
-    procs = [await _spawn_callers(base, n, secs, i * CALLS_PER_PROCESS, quiet) for i, n in enumerate(groups)]
+    per_process = CALLS_PER_PROCESS if transport == "webrtc" else SOCKET_CALLS_PER_PROCESS
+    groups = [min(per_process, calls - i) for i in range(0, calls, per_process)]
+    procs = [await _spawn_callers(base, n, secs, i * per_process, quiet, transport) for i, n in enumerate(groups)]
     try:
         hello = [await _line(p, 90) for p in procs]
         await asyncio.sleep(1.0)  # let every call reach its steady state
@@ -283,10 +385,11 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
                 p.stdin.close()
         await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in procs), return_exceptions=True)
     pauses = [v for r in results for v in r["pauses"]]
+    heard = [v for r in results for v in r["caller_pauses"]]
     verdicts = [v for r in results for v in r["verdicts"]]
     callers_cpu = sum(r["cpu_secs"] for r in results)
     result = {
-        "calls": calls, "mode": "quiet" if quiet else "barge-in", "secs": round(elapsed, 1),
+        "calls": calls, "transport": transport, "mode": "quiet" if quiet else "barge-in", "secs": round(elapsed, 1),
         "workers": workers, "failed_calls": sum(len(h["failed"]) for h in hello),
         "server_cpu_percent_of_one_core": round(100 * cpu / elapsed, 1),
         "per_call_cpu_percent": round(100 * cpu / elapsed / max(calls, 1), 1),
@@ -295,11 +398,16 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "machine_idle_percent": round(100 * (idle1 - idle0) / max(total1 - total0, 1e-9), 1),
         "frames_late_over_20ms": round(late_fraction(metrics, before), 4),
         "time_to_pause_ms_p95": round(float(np.percentile(pauses, 95)), 1) if pauses else None,
+        "server_time_to_pause_ms_p95": histogram_p95_ms(before, metrics, "voicegate_time_to_pause_seconds"),
+        "caller_pause_ms_p50": round(float(np.percentile(heard, 50)), 1) if heard else None,
+        "caller_pause_ms_p95": round(float(np.percentile(heard, 95)), 1) if heard else None,
+        "caller_pauses": len(heard), "phrases": sum(r.get("phrases", 0) for r in results),
         "verdict_ms_p50": round(float(np.percentile(verdicts, 50)), 1) if verdicts else None,
         "pauses": len(pauses),
         "server_rss_mb": round(server.rss_mb(), 1) if server else None,
         "stage_cpu_percent_of_one_core": stage_cpu(before, metrics, elapsed),
         "asr_queue_wait_ms_p95": histogram_p95_ms(before, metrics, "voicegate_asr_queue_seconds"),
+        "vad_windows_per_onnx_run": _ratio(metrics, before, "voicegate_vad_windows", "voicegate_vad_onnx_runs"),
     }
     if server:
         await server.stop()
@@ -331,5 +439,6 @@ async def run_soak(cycles: int, talk_secs: float = 1.5) -> dict[str, Any]:
     return {"cycles": cycles, "samples": samples}
 
 
-if __name__ == "__main__":  # a caller process of run_load: URL CALLS SECS OFFSET QUIET
-    asyncio.run(run_callers(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"))
+if __name__ == "__main__":  # a caller process of run_load: URL CALLS SECS OFFSET QUIET TRANSPORT
+    asyncio.run(run_callers(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1",
+                            sys.argv[6] if len(sys.argv) > 6 else "webrtc"))

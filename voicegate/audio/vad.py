@@ -1,4 +1,9 @@
-"""Silero VAD on onnxruntime (one intra-op thread, per-call state) with hysteresis and a noise-floor gate."""
+"""Silero VAD on onnxruntime (one intra-op thread, per-call state) with hysteresis and a noise-floor gate.
+
+In the server the windows of all the calls of a process share ONNX runs (:class:`VadBatcher`): Silero's ONNX graph
+takes a batch of windows with one recurrent state per row, and a row's output and new state are bit-identical to
+those of a run of that row alone, so batching changes no decision.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import bisect
 import functools
 import importlib.util
 import math
+import os
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +50,115 @@ def _session() -> object:
     return ort.InferenceSession(str(silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-class SileroVad:
-    """Speech probability of each 512-sample window; the model is shared, the recurrent state is per call."""
+class _Request:
+    """One window waiting for a batched run (``done`` is released when its result, or the lead, is handed over)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "error", "lead", "prob", "state", "x")
+
+    def __init__(self, x: np.ndarray, state: np.ndarray) -> None:
+        self.x = x
+        self.state = state
+        self.prob = 0.0
+        self.error: BaseException | None = None
+        self.lead = False
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+class VadBatcher:
+    """Runs Silero once for the windows of many calls (any threads): flat combining, plus an optional gather.
+
+    A call thread that needs a window's probability queues it; if no run is in progress it leads: it waits up to
+    ``gather_ms`` for other calls' windows (0: not at all), then runs every queued window in one ONNX run
+    (``[B, 576]`` input, ``[2, B, 128]`` state) and hands each caller its row; windows that arrive during a run go
+    into the next one, led by the first of them. With ``gather_ms=0`` a window never waits for more than the run in
+    progress, and batches grow only as the process gets busy; with ``gather_ms`` ≥ 32 every call's window of a
+    32 ms tick shares one run, at the price of up to that much delay on every VAD decision (a pause included). A
+    row's result is bit-identical to running it alone (``tests/test_capacity.py``), so no decision changes.
+    """
+
+    def __init__(self, max_batch: int = 64, gather_ms: float = 0.0) -> None:
+        self.max_batch = max_batch
+        self.gather_ms = gather_ms
         self._session = _session()
         self._sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
+        self._lock = threading.Lock()
+        self._pending: list[_Request] = []
+        self._busy = False
+        self.runs = 0
+        """ONNX runs so far."""
+        self.windows = 0
+        """Windows classified so far (``windows / runs``: the mean batch)."""
+
+    def infer(self, x: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        """Speech probability of one window (``x``: ``[1, 576]`` with its context) and the stream's next state."""
+        request = _Request(x, state)
+        with self._lock:
+            self._pending.append(request)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            request.done.acquire()  # until a run has classified it, or until it is this thread's turn to lead
+            lead = request.lead
+        if lead:
+            self._lead()
+        if request.error is not None:
+            raise request.error
+        return request.prob, request.state
+
+    def _lead(self) -> None:
+        """Run every queued window (this thread's is first), then hand the lead to the first that came meanwhile."""
+        if self.gather_ms > 0:
+            time.sleep(self.gather_ms / 1000)
+        with self._lock:
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        try:
+            if len(batch) == 1:
+                x, state = batch[0].x, batch[0].state
+            else:
+                x = np.concatenate([r.x for r in batch], axis=0)
+                state = np.concatenate([r.state for r in batch], axis=1)
+            out, new_state = self._session.run(  # type: ignore[attr-defined]
+                None, {"input": x, "state": state, "sr": self._sr})
+            for i, r in enumerate(batch):
+                r.prob = float(out[i][0])
+                r.state = new_state if len(batch) == 1 else np.ascontiguousarray(new_state[:, i:i + 1, :])
+        except BaseException as exc:  # every caller of this run sees the failure
+            for r in batch:
+                r.error = exc
+        with self._lock:
+            self.runs += 1
+            self.windows += len(batch)
+            successor = self._pending[0] if self._pending else None
+            if successor is None:
+                self._busy = False
+            else:
+                successor.lead = True
+        for r in batch[1:]:
+            r.done.release()
+        if successor is not None:
+            successor.done.release()
+
+
+@functools.cache
+def vad_batcher() -> VadBatcher | None:
+    """The process's :class:`VadBatcher` (``VOICEGATE_VAD_BATCH=0``: none, every call runs Silero alone;
+    ``VOICEGATE_VAD_BATCH_MS``: its gather wait, default 0)."""
+    if os.environ.get("VOICEGATE_VAD_BATCH", "1") == "0":
+        return None
+    return VadBatcher(gather_ms=float(os.environ.get("VOICEGATE_VAD_BATCH_MS", "0")))
+
+
+class SileroVad:
+    """Speech probability of each 512-sample window; the model is shared, the recurrent state is per call.
+
+    With a ``batcher`` the window is classified in a run shared with other calls' windows (same result).
+    """
+
+    def __init__(self, batcher: VadBatcher | None = None) -> None:
+        self._session = _session()
+        self._sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
+        self.batcher = batcher
         self.reset()
 
     def reset(self) -> None:
@@ -61,8 +172,11 @@ class SileroVad:
         if window.dtype == np.int16:
             x /= 32768.0
         x = np.concatenate([self._context, x], axis=1)
-        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})  # type: ignore[attr-defined]
         self._context = x[:, -_CONTEXT_SAMPLES:]
+        if self.batcher is not None:
+            prob, self._state = self.batcher.infer(x, self._state)
+            return prob
+        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})  # type: ignore[attr-defined]
         return float(out[0][0])
 
 

@@ -22,6 +22,7 @@ from voicegate.agent.demo import DemoAssistant
 from voicegate.agent.llm import LlmAgent
 from voicegate.asr.scheduler import AsrService
 from voicegate.asr.turns import TurnService
+from voicegate.audio.vad import vad_batcher
 from voicegate.config import Options, TurnOptions
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
@@ -97,6 +98,15 @@ class CallCore:
 
         return FallbackTts(primary, espeak, report)
 
+    def use_playout_rate(self, sample_rate: int) -> None:
+        """Before the call opens: play the bot out at ``sample_rate`` (a transport that learns its client's rate
+        from the client's first message then sends frames without a resampler in between)."""
+        if sample_rate == self.playout.sample_rate:
+            return
+        self.playout.set_sample_rate(sample_rate)
+        self.tts = self._make_tts(self.options)
+        self.controller.tts = self.tts
+
     def component_failed(self, stage: str, exc: Exception) -> None:
         """Report a component that failed (an ``error`` event)."""
         self.events.emit("error", stage=stage, cause=type(exc).__name__, message=str(exc))
@@ -117,6 +127,7 @@ class CallCore:
             log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
             self.events.emit("error", stage="gate", message=str(exc))
             return
+        models.vad.vad.batcher = vad_batcher()  # Silero runs batched with the process's other calls
         gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
         self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms, turns)
         self.driver.on_error = self._stage_error

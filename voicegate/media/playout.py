@@ -7,7 +7,7 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -87,6 +87,19 @@ class PlayoutTrack(MediaStreamTrack):
         self.next_rewind_ms: float | None = None
         """Set by a transport whose far end played less than was sent (a phone line's buffer, cleared on pause):
         the next :meth:`resume` rewinds this much instead of ``resume_rewind_ms``."""
+
+    def set_sample_rate(self, sample_rate: int) -> None:
+        """Play out at another rate; only before the first frame, with nothing queued (a transport that learns its
+        client's rate from the client's first message plays at that rate and resamples nothing)."""
+        if self._start_secs is not None or self._queue or self._emitted_samples:
+            raise RuntimeError("the playout rate can only change before the first frame")
+        history_ms = 1000 * len(self._history) // self.sample_rate
+        self.options = replace(self.options, sample_rate=sample_rate)
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * self.options.frame_ms // 1000
+        self._fade_samples = max(1, int(sample_rate * self.options.fade_ms / 1000))
+        self._history = np.zeros(sample_rate * history_ms // 1000, dtype=np.int16)
+        self._time_base = fractions.Fraction(1, sample_rate)
 
     # -- control (called by the duplex controller only) -------------------------------------------------------
 
@@ -228,6 +241,16 @@ class PlayoutTrack(MediaStreamTrack):
 
     async def recv(self) -> AudioFrame:
         """Return the next frame at its media time (aiortc's pull model)."""
+        pcm = await self.recv_pcm()
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._pts
+        frame.time_base = self._time_base
+        return frame
+
+    async def recv_pcm(self) -> np.ndarray:
+        """:meth:`recv` without the ``AudioFrame``: the next 20 ms of s16 samples at their media time (for the
+        transports that send samples or encode them themselves; :attr:`pts` is the frame's first sample)."""
         if self.readyState != "live":
             raise MediaStreamError
         if self._start_secs is None:
@@ -239,10 +262,10 @@ class PlayoutTrack(MediaStreamTrack):
                 await asyncio.sleep(wait)
             if self.late_observer is not None:
                 self.late_observer(max(0.0, time.time() - self._start_secs - self._pts / self.sample_rate))
-        pcm = self.next_frame()
-        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._pts
-        frame.time_base = self._time_base
-        return frame
+        return self.next_frame()
+
+    @property
+    def pts(self) -> int:
+        """The first sample of the last frame returned, in samples since the first frame."""
+        return self._pts
 

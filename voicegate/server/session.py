@@ -15,6 +15,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from voicegate.call.core import CallCore
 from voicegate.config import Options
 from voicegate.media.inbound import InboundAudio, shorten_jitter_buffer
+from voicegate.media.opus import EncodedPlayout, libopus
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Session(CallCore):
         ice = [RTCIceServer(urls=url) for url in options.server.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.inbound: InboundAudio | None = None
+        self.outbound = EncodedPlayout(self.playout, self.playout.sample_rate)
+        """What the peer connection sends: the playout track's frames as Opus packets."""
         self._blackholes: list[MediaBlackhole] = []
         self._channels: list[RTCDataChannel] = []
         self.pc.on("track", self._on_track)
@@ -43,18 +46,25 @@ class Session(CallCore):
         """Apply the caller's offer and return the complete answer (ICE candidates included)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self.open()
-        self.pc.addTrack(self.playout)
+        self.pc.addTrack(self.outbound)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is self.outbound:
+                codecs = getattr(transceiver, "_codecs", [])
+                # Opus negotiated (every browser): encoded here, mono, by libopus; anything else by aiortc.
+                self.outbound.opus = bool(codecs) and codecs[0].mimeType.lower() == "audio/opus" \
+                    and libopus() is not None
         return self.pc.localDescription
 
     # -- peer connection events -------------------------------------------------------------------------------
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self.inbound is None:
+            self.inbound = InboundAudio(track, self.clock)
             for receiver in self.pc.getReceivers():
                 if receiver.track is track:
-                    shorten_jitter_buffer(receiver, self.options.server.inbound_jitter_frames)
-            self.inbound = InboundAudio(track, self.clock)
+                    # Opus is decoded to 16 kHz mono as each packet arrives and pushed straight to the gate.
+                    shorten_jitter_buffer(receiver, self.options.server.inbound_jitter_frames, self.inbound.push)
             self.tasks.spawn(self.inbound.run(), "inbound")
             self.tasks.spawn(self._consume(self.inbound), "gate")
         else:

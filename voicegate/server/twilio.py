@@ -80,10 +80,9 @@ class TwilioCall(SocketCall):
         """Real-time media: one frame per playout tick, only while the bot is audible."""
         while True:
             try:
-                frame = await self.playout.recv()
+                pcm = await self.playout.recv_pcm()
             except MediaStreamError:
                 return
-            pcm = frame.to_ndarray().reshape(-1)
             if not pcm.any():
                 continue  # the bot is quiet or paused: stream nothing, Twilio plays silence
             for data in self.codec.encode(pcm):

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
 ENCODINGS = ("pcm16", "mulaw")
+PLAYOUT_RATES = (16000, 24000, 48000)
+"""Client rates the bot is played out at directly (8 kHz clients get the default playout rate, resampled)."""
 START_TIMEOUT_SECS = 10.0
 MAX_MESSAGE_BYTES = 256 * 1024
 """A second of 48 kHz PCM16 is 96 KB; anything past this is not audio a caller streams."""
@@ -228,10 +230,10 @@ class WsCall(SocketCall):
         assert self.codec is not None
         while True:
             try:
-                frame = await self.playout.recv()
+                pcm = await self.playout.recv_pcm()
             except MediaStreamError:  # the call is ending: the track has stopped
                 return
-            for data in self.codec.encode(frame.to_ndarray().reshape(-1)):
+            for data in self.codec.encode(pcm):
                 self._outbox.put_nowait(data)
 
     async def run(self) -> str:
@@ -243,6 +245,8 @@ class WsCall(SocketCall):
         if first.type != WSMsgType.TEXT:
             return "client_closed"
         rate, encoding = parse_start(first.data)
+        if rate in PLAYOUT_RATES:
+            self.use_playout_rate(rate)  # the bot's frames go out as they are made: no resampler per frame
         self.codec = AudioCodec(rate, encoding, self.playout.sample_rate)
         await self.open()
         self.events.add_listener(self._send_event, replay=True)

@@ -1,0 +1,180 @@
+"""The cheaper call (issue 22): batched Silero, Opus decoded at 16 kHz, and the socket callers of ``voicegate load``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import base_url
+from voicegate.audio.pcm import load_audio, resample
+from voicegate.audio.vad import WINDOW_SAMPLES, SileroVad, VadBatcher
+from voicegate.client import Caller, ClipTrack
+from voicegate.load import run_load
+from voicegate.media.inbound import DecodingJitterBuffer
+from voicegate.media.opus import OpusDecoder
+from voicegate.server.app import SESSIONS
+
+RECORDINGS = ("speech/asr_test_wavs/vosk-api_python_example_test.wav",
+              "speech/asr_test_wavs/silero-vad_tests_data_test.wav",
+              "speech/asr_test_wavs/silero-vad_files_en_num.wav")
+
+
+def _streams(shared_data: Path) -> list[np.ndarray]:
+    """Six 16 kHz streams: three recordings, each also delayed by a few windows and attenuated (other phases)."""
+    clips = [load_audio(shared_data / name, 16_000)[: 16_000 * 12] for name in RECORDINGS]
+    return clips + [np.concatenate([np.zeros(3 * WINDOW_SAMPLES + 100, np.int16), (c // 2).astype(np.int16)])
+                    for c in clips]
+
+
+@pytest.mark.parametrize("gather_ms", [0.0, 3.0])
+def test_batched_silero_gives_every_call_the_probabilities_it_gets_alone(shared_data: Path, gather_ms: float) -> None:
+    """Six calls' windows classified from six threads through one batcher: bit-identical to one run per call, and
+    the runs really were shared."""
+    streams = _streams(shared_data)
+    alone = []
+    for pcm in streams:
+        vad = SileroVad()
+        alone.append([vad(pcm[i:i + WINDOW_SAMPLES]) for i in range(0, len(pcm) - WINDOW_SAMPLES + 1,
+                                                                   WINDOW_SAMPLES)])
+    batcher = VadBatcher(gather_ms=gather_ms)
+    batched: list[list[float]] = [[] for _ in streams]
+    start = threading.Barrier(len(streams))
+
+    def run(k: int) -> None:
+        vad = SileroVad(batcher)
+        start.wait()
+        pcm = streams[k]
+        for i in range(0, len(pcm) - WINDOW_SAMPLES + 1, WINDOW_SAMPLES):
+            batched[k].append(vad(pcm[i:i + WINDOW_SAMPLES]))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(streams))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batched == alone, "a batched window's probability differs from its run alone"
+    assert batcher.windows == sum(len(a) for a in alone)
+    # Without a gather, runs are shared only when windows meet (the threads here never wait); with one, most are.
+    assert batcher.runs < (0.95 if gather_ms == 0 else 0.5) * batcher.windows, (batcher.runs, batcher.windows)
+    assert sum(p >= 0.5 for a in alone for p in a) > 50, "the recordings hold speech"
+
+
+def test_opus_decoded_at_16k_matches_the_48k_decode_resampled(shared_data: Path) -> None:
+    """What the server now does (libopus at 16 kHz mono) against what aiortc did (48 kHz stereo, resampled)."""
+    for name in RECORDINGS:
+        clip = load_audio(shared_data / name, 48_000)[: 48_000 * 6]
+        encoder = av.CodecContext.create("libopus", "w")
+        encoder.bit_rate, encoder.format, encoder.layout, encoder.sample_rate = 96_000, "s16", "stereo", 48_000
+        reference = av.CodecContext.create("libopus", "r")
+        reference.format, reference.layout, reference.sample_rate = "s16", "stereo", 48_000
+        ours = OpusDecoder(16_000)
+        direct, via48 = [], []
+        for i in range(0, len(clip) - 960 + 1, 960):
+            frame = av.AudioFrame.from_ndarray(np.repeat(clip[i:i + 960], 2).reshape(1, -1), format="s16",
+                                               layout="stereo")
+            frame.sample_rate, frame.pts = 48_000, i
+            for packet in encoder.encode(frame):
+                data = bytes(packet)
+                pcm = ours.decode(data)
+                assert len(pcm) == 320
+                direct.append(pcm)
+                for out in reference.decode(av.Packet(data)):
+                    via48.append(out.to_ndarray().reshape(-1, 2)[:, 0].copy())
+        ours.close()
+        a = np.concatenate(direct).astype(np.float64)
+        b = resample(np.concatenate(via48), 48_000, 16_000).astype(np.float64)
+        n = min(len(a), len(b)) - 64
+        lags = range(-8, 9)
+        corr = max(float(np.corrcoef(a[32 + lag:32 + lag + n - 32], b[32:n])[0, 1]) for lag in lags)
+        assert corr > 0.95, (name, corr)
+        assert 0.8 < np.sqrt(np.mean(a ** 2)) / np.sqrt(np.mean(b ** 2)) < 1.25
+
+
+def test_opus_decoder_conceals_a_lost_packet_and_rejects_garbage() -> None:
+    decoder = OpusDecoder(16_000)
+    assert len(decoder.decode(b"")) == 320
+    with pytest.raises(ValueError, match="opus_decode failed"):
+        decoder.decode(b"\xff")
+    decoder.close()
+    decoder.close()
+
+
+async def test_webrtc_opus_is_decoded_at_16k_as_it_arrives_and_encoded_mono(server: TestServer,
+                                                                             shared_data: Path) -> None:
+    """Both directions of a real aiortc call go through libopus: the caller's audio arrives whole and as loud as it
+    was sent, and the bot's voice (Opus packets made here, mono) is heard by the caller."""
+    clip = load_audio(shared_data / RECORDINGS[0], 48_000)[: 48_000 * 2]
+    caller = Caller(base_url(server), ClipTrack(clip, delay_secs=0.2))
+    await caller.connect()
+    try:
+        session = server.app[SESSIONS][caller.call_id]
+        import asyncio
+
+        for _ in range(100):
+            if caller.mic._pos >= len(clip) and session.inbound is not None \
+                    and session.inbound.received_samples >= caller.mic.sent_frames * 320 - 640:
+                break
+            await asyncio.sleep(0.05)
+        buffers = [r._RTCRtpReceiver__jitter_buffer for r in session.pc.getReceivers()]
+        decoding = [b for b in buffers if isinstance(b, DecodingJitterBuffer)]
+        assert decoding and decoding[0].decode_errors == 0
+        assert session.inbound is not None
+        assert abs(session.inbound.received_samples - caller.mic.sent_frames * 320) <= 4 * 320
+        sent_rms = float(np.sqrt(np.sum(clip.astype(np.float64) ** 2) / (caller.mic.sent_frames * 960)))
+        assert 0.6 * sent_rms < session.inbound_rms < 1.5 * sent_rms, (session.inbound_rms, sent_rms)
+        assert session.outbound.opus, "Opus was negotiated: the server encodes the bot's voice itself"
+        await caller.wait_event("bot.speaking")
+        await asyncio.sleep(1.0)
+        assert caller.bot_rms(last_frames=25) > 200, "the caller hears the bot's voice"
+    finally:
+        await caller.close()
+
+
+@pytest.mark.parametrize("transport", ["ws", "twilio"])
+async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transport: str) -> None:
+    """`voicegate load --transport ws|twilio` against a real server: every call connects, the phrases said over the
+    bot pause it (timed by the callers), and the callers cost far less than the server."""
+    result = await run_load(3, 9.0, workers=1, transport=transport)
+    assert result["transport"] == transport
+    assert result["failed_calls"] == 0
+    assert result["phrases"] >= 6
+    assert result["caller_pauses"] >= 0.5 * result["phrases"], result
+    assert 20 < result["caller_pause_ms_p50"] < 400, result
+    assert result["callers_cpu_percent_of_one_core"] < 0.5 * result["server_cpu_percent_of_one_core"], result
+
+
+@pytest.mark.parametrize(("rate", "encoding", "playout_rate", "frame_bytes"),
+                         [(16_000, "pcm16", 16_000, 640), (48_000, "pcm16", 48_000, 1920),
+                          (8000, "mulaw", 24_000, 160)])
+async def test_ws_call_plays_out_at_the_clients_rate(server: TestServer, rate: int, encoding: str,
+                                                      playout_rate: int, frame_bytes: int) -> None:
+    """A /ws client at 16, 24 or 48 kHz gets the bot's frames made at its own rate (no resampler per frame)."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    url = base_url(server).replace("http://", "ws://") + "/ws"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_str(json.dumps({"type": "start", "sample_rate": rate, "encoding": encoding}))
+        sizes: list[int] = []
+        loud = 0
+        silence = bytes(frame_bytes)
+        async with asyncio.timeout(10):
+            while len(sizes) < 60:
+                await ws.send_bytes(silence)
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    sizes.append(len(message.data))
+                    if encoding == "pcm16":
+                        loud += int(np.abs(np.frombuffer(message.data, "<i2")).max() > 1000)
+        calls = list(server.app[SESSIONS].values())
+        assert len(calls) == 1 and calls[0].playout.sample_rate == playout_rate
+        assert set(sizes) == {frame_bytes}
+        assert encoding != "pcm16" or loud > 5, "the bot's greeting is heard"
+        await ws.send_str(json.dumps({"type": "stop"}))
