@@ -233,6 +233,11 @@ class DuplexController:
         recent = {w for t in said for w in content_words(t)}
         return sum(w in recent for w in words) / len(words) >= self.echo_similarity
 
+    def utterance_text(self, utterance_id: str) -> str:
+        """The words of a queued utterance ("" when unknown or audio only)."""
+        entry = self._speech.get(utterance_id)
+        return entry[1].text if entry else ""
+
     # -- playout listener -------------------------------------------------------------------------------------
 
     def on_utterance_started(self, utterance_id: str, at_samples: int) -> None:
