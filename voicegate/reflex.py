@@ -123,6 +123,7 @@ class Reflex:
         self.models: GateModels | None = None
         self.gate: Gate | None = None
         self.driver: LiveGateDriver | OfflineGateDriver | None = None
+        self._closed_driver: LiveGateDriver | OfflineGateDriver | None = None
         self.on_turn: Callable[[str], None] | None = None
         """Called with the caller's words once their turn has ended (after a stop, or while the bot was silent)."""
         self.on_stop: Callable[[], None] | None = None
@@ -272,6 +273,12 @@ class Reflex:
             self._pending.clear()
             self._queue(Speech("", data, self.playout.sample_rate))
 
+    def bot_said(self, text: str) -> None:
+        """The bot's audio now playing says ``text`` (for audio fed without it): a transcript of the caller's sound
+        that repeats it is the bot's own echo."""
+        if text.strip():
+            self.controller.remember_bot_text(text)
+
     def next_bot_frame(self) -> np.ndarray:
         """The next ``playout.frame_ms`` of the bot's audio at :attr:`bot_sample_rate` — silence while paused or
         with nothing queued. Call it on a real-time clock (once per frame), as a transport sends."""
@@ -338,7 +345,8 @@ class Reflex:
     @property
     def cpu_ms(self) -> dict[str, float]:
         """Compute spent per stage so far (``vad``, ``kws``, ``echo``, ``asr``), in ms."""
-        return dict(self.driver.cpu_ms) if self.driver is not None else {}
+        driver = self.driver or self._closed_driver
+        return dict(driver.cpu_ms) if driver is not None else {}
 
     def add_listener(self, listener: Listener, replay: bool = False) -> None:
         """Receive every event (a dict with ``type`` and ``t_ms``)."""
@@ -364,6 +372,7 @@ class Reflex:
         """Release the call's thread, its echo canceller and its queued transcripts (idempotent)."""
         self.playout.stop()
         driver, self.driver = self.driver, None
+        self._closed_driver = self._closed_driver or driver
         if isinstance(driver, LiveGateDriver):
             driver.close()
         elif isinstance(driver, OfflineGateDriver):

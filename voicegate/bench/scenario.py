@@ -51,6 +51,8 @@ class Outcome:
     user_turns: list[str] = field(default_factory=list)
     erle_trace: list[tuple[float, float]] = field(default_factory=list)
     """(media ms, the echo canceller's smoothed ERLE in dB) per chunk."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Policy-specific counts (an integration: the framework's own interruptions and LLM turns)."""
 
     @property
     def stopped(self) -> bool:

@@ -45,6 +45,7 @@ from pipecat.frames.frames import (
     SystemFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    TTSTextFrame,
     UninterruptibleFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -208,12 +209,22 @@ class VoicegateOutput(FrameProcessor):  # type: ignore[misc]
             await self.push_frame(frame, direction)
         elif isinstance(frame, TTSAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
             self._take_audio(frame)
-        elif direction == FrameDirection.UPSTREAM or isinstance(frame, SystemFrame) or not self._holding():
+        elif direction == FrameDirection.UPSTREAM or isinstance(frame, SystemFrame):
             await self.push_frame(frame, direction)
+        elif self._discarding and not isinstance(frame, UninterruptibleFrame):
+            pass  # follows audio of the stopped reply
+        elif not self._holding():
+            await self._release(frame)
         else:
             assert self.reflex is not None
             self._held.append((self.reflex.bot_position, frame))
         self._shared.stats.plumbing_cpu_s += time.thread_time() - t0
+
+    async def _release(self, frame: Frame) -> None:
+        """Pass on a frame that follows the bot's audio, now that the audio before it has played."""
+        if isinstance(frame, TTSTextFrame) and self.reflex is not None:
+            self.reflex.bot_said(frame.text)
+        await self.push_frame(frame)
 
     def _take_audio(self, frame: Any) -> None:
         if self._discarding or self.reflex is None:
@@ -251,7 +262,7 @@ class VoicegateOutput(FrameProcessor):  # type: ignore[misc]
         if audio is not None:
             await self.push_frame(audio)
         while self._held and (self._held[0][0] <= played or reflex.queued_bot_samples == 0):
-            await self.push_frame(self._held.popleft()[1])
+            await self._release(self._held.popleft()[1])
         if not self._holding():
             self._idle.set()
         spent = time.thread_time() - t0 - (sum(reflex.cpu_ms.values()) - cpu0) / 1000
@@ -286,7 +297,7 @@ class VoicegateOutput(FrameProcessor):  # type: ignore[misc]
 
 def voicegate_processors(options: GateOptions | None = None, *, reflex: Reflex | None = None,
                          tick_ms: int = 20, playout: PlayoutOptions | None = None, deliver_turns: bool = True,
-                         clock: bool = True) -> tuple[VoicegateInput, VoicegateOutput]:
+                         clock: bool = True, direct_mode: bool = False) -> tuple[VoicegateInput, VoicegateOutput]:
     """The pair for one call: ``VoicegateInput`` after ``transport.input()``, ``VoicegateOutput`` before
     ``transport.output()``.
 
@@ -298,10 +309,11 @@ def voicegate_processors(options: GateOptions | None = None, *, reflex: Reflex |
         playout: fades and frame length of the bot's audio.
         deliver_turns: hand the caller's turns to the user aggregator (False: another STT does).
         clock: run the real-time playout clock (False: call ``VoicegateOutput.tick()`` yourself).
+        direct_mode: Pipecat's direct mode (frames processed inline, no queues): a simulated benchmark.
     """
     shared = _Shared(reflex, options, playout)
-    return (VoicegateInput(shared, deliver_turns=deliver_turns),
-            VoicegateOutput(shared, tick_ms=tick_ms, clock=clock))
+    return (VoicegateInput(shared, deliver_turns=deliver_turns, enable_direct_mode=direct_mode),
+            VoicegateOutput(shared, tick_ms=tick_ms, clock=clock, enable_direct_mode=direct_mode))
 
 
 __all__ = ["TESTED_WITH", "PipecatStats", "VoicegateInput", "VoicegateOutput", "voicegate_processors",
