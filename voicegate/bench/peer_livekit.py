@@ -36,7 +36,7 @@ from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.asr.scheduler import AsrService
 from voicegate.bench.echo_path import Echo
 from voicegate.bench.scenario import MIC_FRAME, MicMix, Outcome
-from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.tts.base import Speech
 
 LIVEKIT_VERSION = "1.8.9"
@@ -221,7 +221,7 @@ class LiveKitRunner:
     """
 
     def __init__(self, asr: UtteranceAsr, concurrency: int = 6, voicegate: bool = False,
-                 options: GateOptions | None = None) -> None:
+                 options: GateOptions | None = None, llm: Any = None, playout: PlayoutOptions | None = None) -> None:
         from livekit.plugins import silero
 
         for name in ("livekit", "livekit.agents", "livekit.plugins"):
@@ -230,6 +230,10 @@ class LiveKitRunner:
         self.concurrency = concurrency
         self.voicegate = voicegate
         self.options = options or GateOptions()
+        self.llm = llm
+        """With voicegate: a LiveKit LLM that gets the caller's turns (``generate_reply``); None: turns are only
+        recorded."""
+        self.playout = playout
         self.vad = None if voicegate else silero.VAD.load()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="bench-livekit-stt")
         asr_opts = AsrOptions()
@@ -272,7 +276,8 @@ class LiveKitRunner:
         mic_in = _input_class()()
         stt_engine = _stt_class()(self.asr, self.pool)
         if self.voicegate:
-            session: Any = AgentSession(vad=None, aec_warmup_duration=None,
+            kwargs: dict[str, Any] = {"llm": self.llm} if self.llm is not None else {}
+            session: Any = AgentSession(vad=None, aec_warmup_duration=None, **kwargs,
                                         turn_handling={"turn_detection": "manual",
                                                        "preemptive_generation": {"enabled": False}})
         else:
@@ -328,9 +333,9 @@ class LiveKitRunner:
         from voicegate.integrations.livekit import VoicegateSession
         from voicegate.reflex import Reflex
 
-        reflex = Reflex(self.options, bot_sample_rate=bot.sample_rate, call_id="bench-livekit")
+        reflex = Reflex(self.options, bot_sample_rate=bot.sample_rate, call_id="bench-livekit", playout=self.playout)
         gate = await VoicegateSession.attach(session, reflex=reflex, asr=self.service, clock=False,
-                                             deliver_turns=False)
+                                             deliver_turns=self.llm is not None)
         stops: list[int] = []
         on_stop = reflex.on_stop
 

@@ -230,13 +230,24 @@ class VoicegateSession:
 
     async def _feed(self) -> None:
         while True:
-            frame = await self._frames.get()
+            frames = [await self._frames.get()]
+            while not self._frames.empty():  # behind real time: catch up in one step
+                frames.append(self._frames.get_nowait())
             t0 = time.thread_time()
-            pcm = np.frombuffer(frame.data, dtype=np.int16)
-            if frame.num_channels > 1:
-                pcm = pcm.reshape(-1, frame.num_channels)[:, 0]
+            rate = frames[0].sample_rate
+            chunks = []
+            for frame in frames:
+                pcm = np.frombuffer(frame.data, dtype=np.int16)
+                if frame.num_channels > 1:
+                    pcm = pcm.reshape(-1, frame.num_channels)[:, 0]
+                if frame.sample_rate != rate:
+                    self.stats.plumbing_cpu_s += time.thread_time() - t0
+                    await self.reflex.feed_user(np.concatenate(chunks), rate)
+                    t0, rate, chunks = time.thread_time(), frame.sample_rate, []
+                chunks.append(pcm)
+            pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
             self.stats.plumbing_cpu_s += time.thread_time() - t0
-            await self.reflex.feed_user(pcm, frame.sample_rate)
+            await self.reflex.feed_user(pcm, rate)
 
     async def _run_clock(self) -> None:
         assert self.output is not None
