@@ -235,7 +235,7 @@ class VoicegateSession:
                 frames.append(self._frames.get_nowait())
             t0 = time.thread_time()
             rate = frames[0].sample_rate
-            chunks = []
+            chunks: list[np.ndarray] = []
             for frame in frames:
                 pcm = np.frombuffer(frame.data, dtype=np.int16)
                 if frame.num_channels > 1:
