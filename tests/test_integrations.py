@@ -10,6 +10,7 @@ heard must be exactly the line, in order — and the framework's interruption ne
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -293,7 +294,62 @@ def test_livekit_session_stops_once_and_resumes_exactly(recordings: dict[str, li
     assert runner.plumbing_cpu_s > 0
 
 
-def test_examples_are_where_the_readme_says() -> None:
-    root = Path(__file__).resolve().parents[1]
-    assert (root / "examples/pipecat/bot.py").is_file()
-    assert (root / "examples/livekit/agent.py").is_file()
+# -- the examples --------------------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+async def test_pipecat_example_runs_offline_over_small_webrtc(recordings: dict[str, list[np.ndarray]]) -> None:
+    """examples/pipecat/bot.py as a user runs it (no keys, no internet): a real WebRTC caller connects to its
+    ``POST /offer``, hears the bot, says "stop" over it, hears it go silent, then hears the reply."""
+    from voicegate.bench.peer_pipecat import _quiet_loguru, pipecat_available
+
+    if why := pipecat_available():
+        pytest.skip(why)
+    import importlib.util
+
+    from aiohttp.test_utils import TestServer
+
+    from voicegate.audio.pcm import resample
+    from voicegate.client import Caller, ClipTrack
+
+    _quiet_loguru()
+    spec = importlib.util.spec_from_file_location("pipecat_example_bot", EXAMPLES / "pipecat/bot.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    server = TestServer(example.make_app(), host="127.0.0.1")
+    await server.start_server()
+    stop_at_s = 6.0
+    caller = Caller(f"http://127.0.0.1:{server.port}",
+                    mic=ClipTrack(resample(recordings["stop"][0], 16_000, 48_000), delay_secs=stop_at_s))
+    try:
+        t0 = time.monotonic()
+        await caller.connect()
+        await asyncio.sleep(stop_at_s + 7.0)
+    finally:
+        await caller.close()
+        await server.close()
+    levels = [(t - t0, rms) for t, rms in caller.bot_levels]
+    speaking = [t for t, rms in levels if rms > 300]
+    assert speaking and speaking[0] < stop_at_s - 1.0, "the bot talks (espeak-ng through Pipecat, offline)"
+    after = [t for t in speaking if t > stop_at_s + 0.3]
+    gaps = [b - a for a, b in itertools.pairwise(after)]
+    assert gaps and max(gaps) >= 0.4, "the bot stops on 'stop' …"
+    assert after and after[-1] > stop_at_s + 1.5, "… then answers …"
+    assert after[-1] < levels[-1][0] - 1.0, "… and stays quiet (the story it was reading does not come back)"
+
+
+def test_livekit_example_check_runs_without_a_server(shared_data: Path) -> None:
+    """examples/livekit/agent.py check: a real AgentSession, voicegate attached, no LiveKit server."""
+    from voicegate.bench.peer_livekit import livekit_available
+
+    if why := livekit_available():
+        pytest.skip(why)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "livekit/agent.py"), "check"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "bot.resumed" in done.stdout and "bot.stopped" in done.stdout

@@ -35,6 +35,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
@@ -68,7 +69,8 @@ class EspeakTTSService(TTSService):  # type: ignore[misc]
     """espeak-ng (offline) as a Pipecat TTS service."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        super().__init__(push_start_frame=True, push_stop_frames=True,
+                         settings=TTSSettings(model=None, voice="espeak-ng", language=None), **kwargs)
         self._espeak = EspeakTts()
 
     def can_generate_metrics(self) -> bool:
@@ -152,7 +154,9 @@ def make_app() -> web.Application:
         task = asyncio.create_task(run_bot(connection), name="pipecat-bot")
         calls.add(task)
         task.add_done_callback(calls.discard)
-        return web.json_response(connection.get_answer())
+        answer = dict(connection.get_answer())
+        answer["call_id"] = answer.get("pc_id", "")
+        return web.json_response(answer)
 
     app = web.Application()
     app.router.add_get("/", page)
