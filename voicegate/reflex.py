@@ -98,19 +98,20 @@ class Reflex:
         tts: only for callers that also let the controller synthesize (the server's call core).
         echo_guard: run the echo canceller and guard on the bot's audio (turn off only when the caller's audio
             can never contain the bot's voice).
+        events: an event bus to emit on (the server's call core shares its own); default: a new one on ``clock``.
     """
 
     def __init__(self, options: GateOptions | None = None, *, bot_sample_rate: int | None = None,
                  playout: PlayoutOptions | None = None, judge: RelevanceJudge | None = None,
                  call_id: str | None = None, clock: MediaClock | None = None, tts: Tts | None = None,
-                 echo_guard: bool = True) -> None:
+                 echo_guard: bool = True, events: EventBus | None = None) -> None:
         self.options = options or GateOptions()
         playout_options = playout or PlayoutOptions()
         if bot_sample_rate is not None:
             playout_options = replace(playout_options, sample_rate=bot_sample_rate)
         self.call_id = call_id or uuid.uuid4().hex[:8]
-        self.clock = clock or MediaClock()
-        self.events = EventBus(self.clock, self.call_id, backlog=4096)
+        self.clock = events.clock if events is not None else clock or MediaClock()
+        self.events = events if events is not None else EventBus(self.clock, self.call_id, backlog=4096)
         self.playout = PlayoutTrack(playout_options)
         self.controller = DuplexController(self.playout, tts or _SilentTts(playout_options.sample_rate), self.events)
         self.controller.echo_similarity = self.options.echo_similarity
@@ -367,6 +368,13 @@ class Reflex:
         self.events.emit("error", stage=stage, cause=cause, message=message)
         if self.on_error is not None:
             self.on_error(stage, cause, message)
+
+    def detach_gate(self) -> None:
+        """Stop deciding (a detector failed): the bot's audio still plays, barge-in is off for this call."""
+        driver, self.driver = self.driver, None
+        self._closed_driver = self._closed_driver or driver
+        if isinstance(driver, LiveGateDriver):
+            driver.close()
 
     def close(self) -> None:
         """Release the call's thread, its echo canceller and its queued transcripts (idempotent)."""
