@@ -124,14 +124,18 @@ class VoicegateInput(FrameProcessor):  # type: ignore[misc]
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pass every frame on; feed the caller's audio to the reflex."""
         await super().process_frame(frame, direction)
+        t0 = time.thread_time()
         await self.push_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM \
                 and self.reflex is not None:
             pcm = np.frombuffer(frame.audio, dtype=np.int16)
             if frame.num_channels > 1:
                 pcm = pcm.reshape(-1, frame.num_channels)[:, 0]
+            self._shared.stats.plumbing_cpu_s += time.thread_time() - t0
             await self.reflex.feed_user(pcm, frame.sample_rate)
-        elif isinstance(frame, (EndFrame, CancelFrame)) and self.reflex is not None:
+            return
+        self._shared.stats.plumbing_cpu_s += time.thread_time() - t0
+        if isinstance(frame, (EndFrame, CancelFrame)) and self.reflex is not None:
             self.reflex.close()
 
     def _on_stop(self) -> None:
@@ -247,7 +251,6 @@ class VoicegateOutput(FrameProcessor):  # type: ignore[misc]
         if reflex is None:
             return
         t0 = time.thread_time()
-        cpu0 = sum(reflex.cpu_ms.values())
         self._shared.stats.ticks += 1
         frames = max(1, self.tick_ms // (1000 * reflex.frame_samples // reflex.bot_sample_rate))
         played_before = reflex.played_bot_samples
@@ -265,8 +268,7 @@ class VoicegateOutput(FrameProcessor):  # type: ignore[misc]
             await self._release(self._held.popleft()[1])
         if not self._holding():
             self._idle.set()
-        spent = time.thread_time() - t0 - (sum(reflex.cpu_ms.values()) - cpu0) / 1000
-        self._shared.stats.plumbing_cpu_s += max(0.0, spent)
+        self._shared.stats.plumbing_cpu_s += time.thread_time() - t0
 
     async def _run_clock(self) -> None:
         loop = asyncio.get_running_loop()
