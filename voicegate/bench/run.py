@@ -185,7 +185,11 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
 
         print(f"voicegate bench: {len(livekit_jobs)} scenarios of {policy} through LiveKit's AgentSession in real "
               "time", file=sys.stderr)
-        runner = LiveKitRunner(asr, voicegate=policy == LIVEKIT_VOICEGATE, options=options)
+        # With voicegate each session also runs voicegate's detectors in real time: three at once keep a 2-core
+        # machine inside real time (six fell behind on a shared one, pausing late).
+        with_voicegate = policy == LIVEKIT_VOICEGATE
+        runner = LiveKitRunner(asr, concurrency=3 if with_voicegate else 6, voicegate=with_voicegate,
+                               options=options)
         for (sc, entry, _), o in zip(livekit_jobs, runner.run_many([job for _, _, job in livekit_jobs]),
                                      strict=True):
             row = _row(sc, o)
