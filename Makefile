@@ -21,6 +21,7 @@ help:
 	@echo "make bench      barge-in benchmark (full corpus); make bench-quick for --quick"
 	@echo "make bench-live the quick corpus simulated and through real WebRTC calls, side by side"
 	@echo "make bench-peers install Pipecat 1.14 and LiveKit Agents 1.8 (.[peers]), then bench against their code"
+	@echo "                 (their defaults, and their pipelines with voicegate's integration: pipecat-1.14+voicegate, livekit-1.8+voicegate)"
 	@echo "make asr-bench  transcript engines side by side on the shared recordings"
 	@echo "make nextjs     build the Next.js example (examples/nextjs); make test-nextjs drives it in Chromium"
 	@echo "make models     retrain the relevance model; fetch the Vosk model where reachable"
@@ -72,7 +73,9 @@ $(NEXTJS_BUILD): $(NEXTJS)/package.json $(NEXTJS)/package-lock.json $(NEXTJS)/ne
 test-nextjs: install nextjs
 	$(PY) -m pytest -q tests/test_nextjs.py
 
-test: install nextjs
+# The peers' packages are installed too, so the integrations' tests (tests/test_integrations.py: a real Pipecat
+# pipeline, a real LiveKit AgentSession, the examples) and the peer policies' tests run in CI.
+test: install peers nextjs
 	$(VENV)/bin/ruff check voicegate tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
@@ -100,7 +103,7 @@ bench-peers: install peers
 	$(VENV)/bin/voicegate bench --policies voicegate pipecat livekit
 
 test-peers: install peers
-	$(PY) -m pytest -q tests/test_peers.py
+	$(PY) -m pytest -q tests/test_peers.py tests/test_integrations.py
 
 asr-bench: install
 	$(VENV)/bin/voicegate asr-bench

@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("bench-out"))
     bench.add_argument("--policies", nargs="+", default=["voicegate,pipecat,livekit"],
                        help="policies to run (space or comma separated): voicegate, pipecat (pipecat-1.14, "
-                            "pipecat-1.14-minwords2), livekit (livekit-1.8), peers, emulations (vad_only, "
+                            "pipecat-1.14-minwords2, pipecat-1.14+voicegate), livekit (livekit-1.8, "
+                            "livekit-1.8+voicegate), peers, integrations, emulations (vad_only, "
                             "min_duration, min_words); peers need pip install -e '.[peers]' and are skipped, "
                             "with a message, when missing")
     bench.add_argument("--live", action="store_true",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -31,10 +32,11 @@ from typing import Any
 import numpy as np
 from av import AudioFrame, AudioResampler
 
-from voicegate.asr.base import UtteranceAsr
+from voicegate.asr.base import Transcript, UtteranceAsr
+from voicegate.asr.scheduler import AsrService
 from voicegate.bench.echo_path import Echo
 from voicegate.bench.scenario import MIC_FRAME, MicMix, Outcome
-from voicegate.config import PIPELINE_SAMPLE_RATE
+from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.tts.base import Speech
 
 LIVEKIT_VERSION = "1.8.9"
@@ -191,20 +193,54 @@ def _resample(pcm: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
 
 
-class LiveKitRunner:
-    """Runs scenarios through real LiveKit ``AgentSession`` objects, ``concurrency`` at a time, in real time."""
+class ReplayingAsr:
+    """The bench's shared transcripts for a real-time run: a transcript already made for the same audio is replayed
+    after as long as its decode really took (the wait without the load), anything new is decoded."""
 
-    def __init__(self, asr: UtteranceAsr, concurrency: int = 6) -> None:
+    def __init__(self, inner: UtteranceAsr) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", "replaying")
+
+    def transcribe(self, pcm: np.ndarray) -> Transcript:
+        """Decode, or replay at the decode's own pace."""
+        cache = getattr(self.inner, "cache", None)
+        key = hashlib.blake2b(pcm.tobytes(), digest_size=16).digest()
+        if cache is not None and key in cache:
+            hit: Transcript = cache[key]
+            time.sleep(hit.compute_ms / 1000)
+            return hit
+        return self.inner.transcribe(pcm)
+
+
+class LiveKitRunner:
+    """Runs scenarios through real LiveKit ``AgentSession`` objects, ``concurrency`` at a time, in real time.
+
+    With ``voicegate``, each session has voicegate's integration in place (``livekit-1.8+voicegate``): no VAD and
+    no STT of LiveKit's, manual turns, :class:`~voicegate.integrations.livekit.VoicegateSession` attached; the
+    playout clock ticks with the scenario's media clock.
+    """
+
+    def __init__(self, asr: UtteranceAsr, concurrency: int = 6, voicegate: bool = False,
+                 options: GateOptions | None = None, llm: Any = None, playout: PlayoutOptions | None = None) -> None:
         from livekit.plugins import silero
 
         for name in ("livekit", "livekit.agents", "livekit.plugins"):
             logging.getLogger(name).setLevel(logging.ERROR)
         self.asr = asr
         self.concurrency = concurrency
-        self.vad = silero.VAD.load()
+        self.voicegate = voicegate
+        self.options = options or GateOptions()
+        self.llm = llm
+        """With voicegate: a LiveKit LLM that gets the caller's turns (``generate_reply``); None: turns are only
+        recorded."""
+        self.playout = playout
+        self.vad = None if voicegate else silero.VAD.load()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="bench-livekit-stt")
+        asr_opts = AsrOptions()
+        self.service = AsrService(ReplayingAsr(asr), asr_opts.workers, asr_opts.max_wait_ms) if voicegate else None
         self.cpu_s = 0.0
         self.audio_s = 0.0
+        self.plumbing_cpu_s = 0.0
 
     def run_many(self, jobs: list[dict[str, Any]]) -> list[Outcome]:
         """Each job: ``run_scenario``-style keyword arguments (bot, clip, at_s, echo, noise)."""
@@ -219,6 +255,10 @@ class LiveKitRunner:
 
         cpu0 = time.process_time()
         outcomes = asyncio.run(main())
+        if self.service is not None:
+            self.service.close()
+            asr_opts = AsrOptions()
+            self.service = AsrService(ReplayingAsr(self.asr), asr_opts.workers, asr_opts.max_wait_ms)
         self.cpu_s += time.process_time() - cpu0
         self.audio_s += sum(len(o.mic) / PIPELINE_SAMPLE_RATE for o in outcomes)
         return outcomes
@@ -235,14 +275,23 @@ class LiveKitRunner:
         speaker = _speaker_class()(bot.sample_rate)
         mic_in = _input_class()()
         stt_engine = _stt_class()(self.asr, self.pool)
-        session: Any = AgentSession(vad=self.vad, stt=stt_engine, aec_warmup_duration=None,
-                                    turn_handling={"interruption": {"mode": "vad"},
-                                                   "preemptive_generation": {"enabled": False}})
+        if self.voicegate:
+            kwargs: dict[str, Any] = {"llm": self.llm} if self.llm is not None else {}
+            session: Any = AgentSession(vad=None, aec_warmup_duration=None, **kwargs,
+                                        turn_handling={"turn_detection": "manual",
+                                                       "preemptive_generation": {"enabled": False}})
+        else:
+            session = AgentSession(vad=self.vad, stt=stt_engine, aec_warmup_duration=None,
+                                   turn_handling={"interruption": {"mode": "vad"},
+                                                  "preemptive_generation": {"enabled": False}})
         session.input.audio = mic_in
         session.output.audio = speaker
         await session.start(Agent(instructions="benchmark"))
+        gate, stops = await self._attach(session, bot) if self.voicegate else (None, [])
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        if gate is not None:
+            gate.reflex.clock.start_secs = t0  # the reflex's events on the scenario's clock (both monotonic)
 
         def now_ms() -> float:
             return (loop.time() - t0) * 1000
@@ -259,18 +308,82 @@ class LiveKitRunner:
         out_frames: list[np.ndarray] = []
         for k in range(mix.frames):
             await asyncio.sleep(max(0.0, t0 + k * FRAME_S - loop.time()))
+            if gate is not None and gate.output is not None:
+                await gate.output.tick()
             frame = speaker.next_frame()
             out_frames.append(frame)
             pcm = mix.next(k, frame)
             await asyncio.sleep(max(0.0, t0 + (k + 1) * FRAME_S - loop.time()))
             mic_in.chan.send_nowait(rtc.AudioFrame(data=pcm.tobytes(), sample_rate=PIPELINE_SAMPLE_RATE,
                                                    num_channels=1, samples_per_channel=MIC_FRAME))
+        await asyncio.sleep(0.2)  # the last frames' decisions land
         log = list(speaker.log)  # what happened during the scenario, not the teardown's clear
         with contextlib.suppress(Exception):
             handle.interrupt(force=True)
+        if gate is not None:
+            self.plumbing_cpu_s += gate.stats.plumbing_cpu_s
+            await gate.aclose()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(session.aclose(), 5.0)
+        if gate is not None:
+            return _voicegate_outcome(outcome, gate, stops, bot, out_frames, mix.mic, mix.earliest_ms)
         return _outcome(outcome, log, stt_engine, out_frames, mix.mic, mix.earliest_ms)
+
+    async def _attach(self, session: Any, bot: Speech) -> tuple[Any, list[int]]:
+        from voicegate.integrations.livekit import VoicegateSession
+        from voicegate.reflex import Reflex
+
+        reflex = Reflex(self.options, bot_sample_rate=bot.sample_rate, call_id="bench-livekit", playout=self.playout)
+        gate = await VoicegateSession.attach(session, reflex=reflex, asr=self.service, clock=False,
+                                             deliver_turns=self.llm is not None)
+        stops: list[int] = []
+        on_stop = reflex.on_stop
+
+        def stopped() -> None:
+            stops.append(len(bot.pcm) - reflex.played_bot_samples)
+            if on_stop is not None:
+                on_stop()
+
+        reflex.on_stop = stopped
+        return gate, stops
+
+
+def _voicegate_outcome(outcome: Outcome, gate: Any, stops: list[int], bot: Speech, out_frames: list[np.ndarray],
+                       mic: np.ndarray, earliest: float) -> Outcome:
+    """``livekit-1.8+voicegate``: decisions from the reflex's events (on the scenario's clock)."""
+    def effective(t: float) -> float:
+        return float(np.ceil(t / (FRAME_S * 1000)) * FRAME_S * 1000)
+
+    events = gate.reflex.events.history
+    for event in events:
+        t = event["t_ms"]
+        if t < earliest:
+            continue
+        kind = event["type"]
+        if kind == "bot.paused" and outcome.pause_ms is None and outcome.stop_ms is None:
+            outcome.pause_ms = effective(t)
+        if kind == "bot.stopped" and outcome.stop_ms is None:
+            outcome.stop_ms = t
+            if stops:
+                outcome.remaining_at_stop_s = stops[0] / bot.sample_rate
+        if kind == "bot.resumed" and outcome.resume_ms is None and outcome.stop_ms is None:
+            outcome.resume_ms = t
+        if kind == "gate.verdict" and outcome.verdict_ms is None:
+            outcome.verdict_ms = t
+        if outcome.silence_ms is None and kind in ("bot.paused", "bot.stopped"):
+            outcome.silence_ms = effective(t)
+    outcome.verdicts = [v for v in (gate.reflex.gate.verdicts if gate.reflex.gate is not None else [])
+                        if v["t_ms"] >= earliest] or list(gate.reflex.gate.verdicts or [])
+    frames = np.stack(out_frames) if out_frames else np.zeros((0, 480), np.int16)
+    first = int(np.ceil(outcome.onset_ms / (FRAME_S * 1000)))
+    outcome.bot_after_onset_s = float(np.count_nonzero(frames[first:].any(axis=1)) * FRAME_S)
+    outcome.bot_out = frames.reshape(-1)
+    outcome.mic = mic.astype(np.int16)
+    outcome.user_turns = list(gate.stats.turns)
+    outcome.events = events
+    outcome.cpu_ms = {**gate.reflex.cpu_ms, "plumbing": gate.stats.plumbing_cpu_s * 1000}
+    outcome.extra = {"interruptions": gate.stats.interruptions, "input_dropped": gate.stats.input_dropped}
+    return outcome
 
 
 def _outcome(outcome: Outcome, log: list[tuple[float, str, float]], stt_engine: Any, out_frames: list[np.ndarray],

@@ -28,15 +28,21 @@ POLICIES = ("voicegate", "vad_only", "min_duration", "min_words")
 EMULATIONS = ("vad_only", "min_duration", "min_words")
 PEERS = ("pipecat-1.14", "pipecat-1.14-minwords2", "livekit-1.8")
 """Policies that run the peers' own code (``pip install -e '.[peers]'``)."""
+INTEGRATIONS = ("pipecat-1.14+voicegate", "livekit-1.8+voicegate")
+"""The peers' pipelines with voicegate's integration in place (:mod:`voicegate.bench.peer_integrations`)."""
+INTEGRATION_DEFAULTS = {"pipecat-1.14+voicegate": "pipecat-1.14", "livekit-1.8+voicegate": "livekit-1.8"}
+"""Each integration's framework default, for the report's "what one line buys" table."""
 ALIASES = {
-    "pipecat": ("pipecat-1.14", "pipecat-1.14-minwords2"),
-    "livekit": ("livekit-1.8",),
+    "pipecat": ("pipecat-1.14", "pipecat-1.14-minwords2", "pipecat-1.14+voicegate"),
+    "livekit": ("livekit-1.8", "livekit-1.8+voicegate"),
     "peers": PEERS,
+    "integrations": INTEGRATIONS,
     "emulations": EMULATIONS,
 }
 DEFAULT_POLICIES = ("voicegate", "pipecat", "livekit")
 PEER_PACKAGES = {"pipecat-1.14": "pipecat-ai", "pipecat-1.14-minwords2": "pipecat-ai",
-                 "livekit-1.8": "livekit-agents"}
+                 "livekit-1.8": "livekit-agents", "pipecat-1.14+voicegate": "pipecat-ai",
+                 "livekit-1.8+voicegate": "livekit-agents"}
 
 
 def resolve_policies(names: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -48,9 +54,9 @@ def resolve_policies(names: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...
     wanted: list[str] = []
     for name in names:
         for policy in ALIASES.get(name, (name,)):
-            if policy not in (*POLICIES, *PEERS):
+            if policy not in (*POLICIES, *PEERS, *INTEGRATIONS):
                 raise ValueError(f"unknown policy {policy!r}: choose from "
-                                 f"{', '.join((*POLICIES, *PEERS, *ALIASES))}")
+                                 f"{', '.join((*POLICIES, *PEERS, *INTEGRATIONS, *ALIASES))}")
             if policy not in wanted:
                 wanted.append(policy)
     skipped: dict[str, str] = {}

@@ -24,8 +24,17 @@ from voicegate.bench.corpus import Scenario, build_builtin, load_manifest
 from voicegate.bench.echo_path import Echo
 from voicegate.bench.live import live_pass, render_live
 from voicegate.bench.metrics import by_group, by_label, summarize
+from voicegate.bench.peer_integrations import LIVEKIT_VOICEGATE, PIPECAT_VOICEGATE
 from voicegate.bench.plots import latency_cdfs, timeline
-from voicegate.bench.policies import DEFAULT_POLICIES, EMULATIONS, PEERS, package_versions, resolve_policies
+from voicegate.bench.policies import (
+    DEFAULT_POLICIES,
+    EMULATIONS,
+    INTEGRATION_DEFAULTS,
+    INTEGRATIONS,
+    PEERS,
+    package_versions,
+    resolve_policies,
+)
 from voicegate.bench.scenario import Outcome, run_scenario
 from voicegate.config import GateOptions
 from voicegate.gate.driver import default_asr
@@ -74,6 +83,7 @@ def _row(sc: Scenario, o: Outcome) -> dict[str, Any]:
         "reasons": o.verdicts[0]["reasons"] if o.verdicts else [],
         "remaining_at_stop_s": round(o.remaining_at_stop_s, 3),
         "bot_after_onset_s": round(o.bot_after_onset_s, 3), "stop_phrase": stop_phrase, "group": sc.group,
+        **{k: v for k, v in o.extra.items() if k in ("interruptions", "llm_turns")},
     }
 
 
@@ -115,7 +125,8 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
         policies = ("voicegate", *policies)
     if not policies:
         raise ValueError("no policy left to run")
-    simulated = tuple(p for p in policies if p != LIVEKIT)
+    realtime = tuple(p for p in policies if p in (LIVEKIT, LIVEKIT_VOICEGATE))
+    simulated = tuple(p for p in policies if p not in realtime)
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = corpus if corpus is not None else build_builtin(out_dir, quick)
@@ -131,6 +142,7 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
     erle: list[float] = []
     cpu_ms_by_policy = dict.fromkeys(policies, 0.0)
     audio_s_by_policy = dict.fromkeys(policies, 0.0)
+    plumbing_ms = dict.fromkeys(policies, 0.0)
     livekit_jobs: list[tuple[Scenario, dict[str, Any], dict[str, Any]]] = []
     progress = tqdm(total=len(scenarios) * len(simulated), desc="bench", unit="run")
     for sc in scenarios:
@@ -139,16 +151,23 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
         echo = Echo(delay_ms=sc.echo_delay_ms, gain_db=sc.echo_gain_db, rt60_s=sc.echo_rt60_s, codec=sc.echo_codec,
                     drift_ms=sc.echo_drift_ms) if sc.echo_delay_ms is not None else None
         entry: dict[str, Any] = {"id": sc.id, "label": sc.label, "at_s": sc.at_s, "outcomes": {}}
-        if LIVEKIT in policies:
+        if realtime:
             livekit_jobs.append((sc, entry, {"bot": _bot(sc.bot_text, bots), "clip": gain(clip, sc.gain_db),
                                              "at_s": sc.at_s, "echo": echo, "noise": noise}))
         for policy in simulated:
-            o = run_scenario(_bot(sc.bot_text, bots), gain(clip, sc.gain_db), sc.at_s, judge, asr, echo=echo,
-                             noise=noise, policy=policy, options=options)
+            if policy == PIPECAT_VOICEGATE:
+                from voicegate.bench.peer_integrations import run_pipecat_voicegate
+
+                o = run_pipecat_voicegate(_bot(sc.bot_text, bots), gain(clip, sc.gain_db), sc.at_s, judge, asr,
+                                          echo=echo, noise=noise, options=options)
+            else:
+                o = run_scenario(_bot(sc.bot_text, bots), gain(clip, sc.gain_db), sc.at_s, judge, asr, echo=echo,
+                                 noise=noise, policy=policy, options=options)
             row = _row(sc, o)
             rows[policy].append(row)
             entry["outcomes"][policy] = {k: v for k, v in row.items() if k not in ("id", "label")}
             cpu_ms_by_policy[policy] += sum(o.cpu_ms.values())
+            plumbing_ms[policy] += o.cpu_ms.get("plumbing", 0.0)
             audio_s_by_policy[policy] += len(o.mic) / 16_000
             if policy == "voicegate":
                 for key, value in o.cpu_ms.items():
@@ -161,19 +180,24 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
             progress.update(1)
         per_scenario.append(entry)
     progress.close()
-    if livekit_jobs:
+    for policy in realtime:
         from voicegate.bench.peer_livekit import LiveKitRunner
 
-        print(f"voicegate bench: {len(livekit_jobs)} scenarios through LiveKit's AgentSession in real time",
-              file=sys.stderr)
-        runner = LiveKitRunner(asr)
+        print(f"voicegate bench: {len(livekit_jobs)} scenarios of {policy} through LiveKit's AgentSession in real "
+              "time", file=sys.stderr)
+        # With voicegate each session also runs voicegate's detectors in real time: three at once keep a 2-core
+        # machine inside real time (six fell behind on a shared one, pausing late).
+        with_voicegate = policy == LIVEKIT_VOICEGATE
+        runner = LiveKitRunner(asr, concurrency=3 if with_voicegate else 6, voicegate=with_voicegate,
+                               options=options)
         for (sc, entry, _), o in zip(livekit_jobs, runner.run_many([job for _, _, job in livekit_jobs]),
                                      strict=True):
             row = _row(sc, o)
-            rows[LIVEKIT].append(row)
-            entry["outcomes"][LIVEKIT] = {k: v for k, v in row.items() if k not in ("id", "label")}
-        cpu_ms_by_policy[LIVEKIT] = runner.cpu_s * 1000
-        audio_s_by_policy[LIVEKIT] = runner.audio_s
+            rows[policy].append(row)
+            entry["outcomes"][policy] = {k: v for k, v in row.items() if k not in ("id", "label")}
+        cpu_ms_by_policy[policy] = runner.cpu_s * 1000
+        audio_s_by_policy[policy] = runner.audio_s
+        plumbing_ms[policy] = runner.plumbing_cpu_s * 1000
     report: dict[str, Any] = {
         "corpus": {"manifest": str(manifest), "builtin": corpus is None, "quick": quick, "scenarios": len(scenarios),
                    "labels": {label: sum(s.label == label for s in scenarios)
@@ -184,6 +208,7 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
                          "cpu_total_per_audio_s": round(cpu_ms_by_policy[p] / 1000 / max(audio_s_by_policy[p], 1e-9),
                                                         4)}
                      for p in policies},
+        "integrations": _integrations(rows, policies, plumbing_ms, audio_s_by_policy),
         "peers": {"versions": package_versions(), "skipped": skipped,
                   "notes": PEER_NOTES if any(p in PEERS for p in policies) else []},
         "scenarios": per_scenario,
@@ -211,7 +236,47 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
 
 
 def _kind(policy: str) -> str:
+    if policy in INTEGRATIONS:
+        return "peer + voicegate"
     return "peer code" if policy in PEERS else "emulation" if policy in EMULATIONS else "voicegate"
+
+
+INTEGRATION_TARGETS = {"false_stop_rate": 0.05, "missed_stop_rate": 0.02, "plumbing_cpu_per_audio_s": 0.03}
+
+
+def _integrations(rows: dict[str, list[dict[str, Any]]], policies: tuple[str, ...], plumbing_ms: dict[str, float],
+                  audio_s: dict[str, float]) -> dict[str, Any]:
+    """Per integration: the framework's own interruptions and LLM turns, the plumbing's CPU and the targets."""
+    out: dict[str, Any] = {}
+    for policy in policies:
+        if policy not in INTEGRATIONS:
+            continue
+        m = summarize(rows[policy])
+        stopped = [r for r in rows[policy] if r["stop_ms"] is not None]
+        kept = [r for r in rows[policy] if r["stop_ms"] is None]
+        info: dict[str, Any] = {
+            "plumbing_cpu_per_audio_s": round(plumbing_ms[policy] / 1000 / max(audio_s[policy], 1e-9), 4),
+            "framework_interruptions_per_stop": sorted({r.get("interruptions") for r in stopped} - {None}),
+            "framework_interruptions_without_stop": sum(r.get("interruptions") or 0 for r in kept),
+        }
+        if any("llm_turns" in r for r in rows[policy]):
+            info["llm_turns_per_stop"] = sorted({r.get("llm_turns") for r in stopped} - {None})
+        targets: dict[str, Any] = {}
+        for key, limit in INTEGRATION_TARGETS.items():
+            value = info[key] if key in info else m[key]
+            targets[key] = {"value": value, "target": f"<= {limit}", "met": value is not None and value <= limit}
+        default = INTEGRATION_DEFAULTS[policy]
+        if rows.get(default):
+            base = summarize(rows[default])["apt_s"]
+            targets["apt_s.vs_framework_default"] = {"value": m["apt_s"], "target": f"<= {round(base / 3, 3)} (a third "
+                                                     f"of {default}'s {base})", "met": m["apt_s"] <= base / 3}
+        if rows.get("voicegate"):
+            alone = summarize(rows["voicegate"])["apt_s"]
+            targets["apt_s.vs_voicegate"] = {"value": m["apt_s"], "target": f"<= {round(alone * 1.1, 3)} (voicegate "
+                                             f"alone {alone} + 10 %)", "met": m["apt_s"] <= alone * 1.1}
+        info["targets"] = targets
+        out[policy] = info
+    return out
 
 
 def _vad_cost_ms() -> float:
@@ -277,6 +342,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "CPU per audio s: the policy's own compute per second of audio (fraction of one core): detectors "
               "and transcripts in the simulated runs; for livekit-1.8 the whole process while its sessions ran "
               "(LiveKit, transcripts and the bench's media clock)."]
+    lines += _render_integrations(report)
     gate = report["policies"].get("voicegate")
     if gate:
         lines += ["", "## voicegate per label", "", "| label | n | time_to_pause p50/p95 | verdict p50/p95 | "
@@ -301,6 +367,37 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += render_live(report)
     lines.append("")
     return "\n".join(lines)
+
+
+def _render_integrations(report: dict[str, Any]) -> list[str]:
+    """The "what one line buys" table: each framework's default, with voicegate's integration, and voicegate."""
+    integrations = report.get("integrations") or {}
+    if not integrations:
+        return []
+    policies = report["policies"]
+    lines = ["", "## What one line buys a Pipecat / LiveKit user", "",
+             "| policy | time_to_pause p50/p95 ms | false_stop_rate | missed_stop_rate | apt_s | framework "
+             "interruptions per stop / without a stop | integration CPU per audio s |", "|---|---|---|---|---|---|---|"]
+    for policy, info in integrations.items():
+        default = INTEGRATION_DEFAULTS[policy]
+        for name in (default, policy):
+            m = policies.get(name)
+            if m is None:
+                continue
+            extra = (f"{info['framework_interruptions_per_stop']} / {info['framework_interruptions_without_stop']} | "
+                     f"{info['plumbing_cpu_per_audio_s']}") if name == policy else "— | —"
+            lines.append(f"| {name} | {_pp(m['time_to_pause_ms'])} | {m['false_stop_rate']} | "
+                         f"{m['missed_stop_rate']} | {m['apt_s']} | {extra} |")
+    if "voicegate" in policies:
+        m = policies["voicegate"]
+        lines.append(f"| voicegate (alone) | {_pp(m['time_to_pause_ms'])} | {m['false_stop_rate']} | "
+                     f"{m['missed_stop_rate']} | {m['apt_s']} | — | — |")
+    lines.append("")
+    for policy, info in integrations.items():
+        for key, t in info["targets"].items():
+            lines.append(f"- {policy} {key}: {t['value']} (target {t['target']}) — "
+                         f"{'met' if t['met'] else '**NOT MET**'}")
+    return lines
 
 
 def _pp(p: dict[str, Any]) -> str:

@@ -15,11 +15,8 @@ from av import AudioFrame, AudioResampler
 from voicegate.asr.base import UtteranceAsr
 from voicegate.bench.echo_path import Echo, EchoPath
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
-from voicegate.events import EventBus, SimClock
-from voicegate.gate.controller import DuplexController
-from voicegate.gate.driver import GateModels, OfflineGateDriver
+from voicegate.gate.driver import OfflineGateDriver
 from voicegate.gate.relevance import RelevanceJudge
-from voicegate.media.playout import PlayoutTrack
 from voicegate.tts.base import Speech
 
 FRAME_MS = 20
@@ -54,18 +51,13 @@ class Outcome:
     user_turns: list[str] = field(default_factory=list)
     erle_trace: list[tuple[float, float]] = field(default_factory=list)
     """(media ms, the echo canceller's smoothed ERLE in dB) per chunk."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Policy-specific counts (an integration: the framework's own interruptions and LLM turns)."""
 
     @property
     def stopped(self) -> bool:
         """The bot was hard-stopped after the onset."""
         return self.stop_ms is not None
-
-
-class _NullTts:
-    sample_rate = 24_000
-
-    async def synthesize(self, text: str) -> Speech:
-        raise RuntimeError("the scenario queues pre-synthesized speech")
 
 
 def speech_onset_ms(clip: np.ndarray) -> float | None:
@@ -173,44 +165,36 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
                  options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
                  noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate",
                  asr_options: AsrOptions | None = None) -> Outcome:
-    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``."""
+    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``.
+
+    The call is a :class:`~voicegate.reflex.Reflex` on the simulated clock (the library the server and the
+    integrations use); another policy replaces only its gate.
+    """
     from voicegate.bench.policies import gate_factory
+    from voicegate.reflex import Reflex
 
     options = options or GateOptions()
-    clock = SimClock()
-    events = EventBus(clock, "bench", backlog=4096)
-    playout = PlayoutTrack(PlayoutOptions())
-    controller = DuplexController(playout, _NullTts(), events)
-    controller.echo_similarity = options.echo_similarity
+    reflex = Reflex.simulated(asr, options, asr_options=asr_options, judge=judge, call_id="bench",
+                              playout=PlayoutOptions(), gate_factory=gate_factory(policy))
+    playout, driver, gate = reflex.playout, reflex.driver, reflex.gate
+    assert isinstance(driver, OfflineGateDriver) and gate is not None
     user_turns: list[str] = []
-    controller.on_user_turn = user_turns.append
-    models = GateModels(options, playout.sample_rate, echo_guard=True)
-    gate = gate_factory(policy)(options, controller, judge)
-
-    def report(stage: str, cause: str, message: str) -> None:
-        events.emit("error", stage=stage, cause=cause, message=message)
-
-    driver = OfflineGateDriver(models, gate, asr, asr_options, on_error=report)
-    controller.queue_speech(bot, "r1")
+    reflex.on_turn = user_turns.append
+    reflex.feed_bot(bot.pcm, bot.sample_rate, bot.text)
 
     mix = MicMix(bot, clip, at_s, gain_db, echo, noise, tail_s)
     outcome = mix.outcome()
     earliest = mix.earliest_ms
     out_frames = []
     for k in range(mix.frames):
-        t_ms = k * FRAME_MS
-        clock.t_ms = t_ms
-        driver.deliver(t_ms)
+        reflex.advance(k * FRAME_MS)
         was_paused = playout.paused
-        frame = playout.next_frame()
+        frame = reflex.next_bot_frame()
         out_frames.append(frame)
-        models.add_outbound(frame)
         pcm = mix.next(k, frame)
         queued = playout.queued_samples
         generation = playout.generation
-        clock.t_ms = (k + 1) * FRAME_MS
-        driver.feed(pcm, (k + 1) * FRAME_MS)
-        clock.t_ms = driver.now_ms
+        reflex.feed_user_simulated(pcm, PIPELINE_SAMPLE_RATE, (k + 1) * FRAME_MS)
         # A decision silences the first frame that starts after it.
         effective = float(np.ceil(driver.now_ms / FRAME_MS) * FRAME_MS)
         if playout.paused and not was_paused and outcome.pause_ms is None and driver.now_ms >= earliest:
@@ -221,10 +205,11 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
         if outcome.silence_ms is None and driver.now_ms >= earliest and (
                 (playout.paused and not was_paused) or playout.generation != generation):
             outcome.silence_ms = effective
-    driver.deliver(float("inf"))
+    reflex.advance(float("inf"))
     close = getattr(gate, "close", None)
     if close is not None:
         close()
+    events = reflex.events
     for event in events.history:
         if event["t_ms"] < earliest:
             continue

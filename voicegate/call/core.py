@@ -22,14 +22,13 @@ from voicegate.agent.demo import DemoAssistant
 from voicegate.agent.llm import LlmAgent
 from voicegate.asr.scheduler import AsrService
 from voicegate.asr.turns import TurnService
-from voicegate.audio.vad import vad_batcher
-from voicegate.config import Options, TurnOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, Options, TurnOptions
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
-from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service, turn_service
-from voicegate.gate.reflex import ReflexGate
+from voicegate.gate.driver import LiveGateDriver, asr_service, turn_service
 from voicegate.gate.relevance import RelevanceJudge, load_judge
 from voicegate.media.playout import PlayoutTrack
+from voicegate.reflex import Reflex
 from voicegate.tasks import TaskOwner
 from voicegate.tts.base import Tts
 from voicegate.tts.espeak import EspeakTts
@@ -58,19 +57,21 @@ class CallCore:
         self.call_id = call_id or uuid.uuid4().hex[:8]
         self.options = options
         self.clock = MediaClock()
-        self.events = EventBus(self.clock, self.call_id)
+        self.events = EventBus(self.clock, call_id=self.call_id)
         self.tasks = TaskOwner(f"call-{self.call_id}")
-        self.playout = PlayoutTrack(options.playout if self.playout_sample_rate is None
-                                    else replace(options.playout, sample_rate=self.playout_sample_rate))
+        playout = (options.playout if self.playout_sample_rate is None
+                   else replace(options.playout, sample_rate=self.playout_sample_rate))
         self._clients: list[object] = []
-        self.tts = self._make_tts(options)
-        self.controller = DuplexController(self.playout, self.tts, self.events)
+        self.tts = self._make_tts(options, playout.sample_rate)
+        self.reflex = Reflex(options.gate, playout=playout, call_id=self.call_id, events=self.events, tts=self.tts)
+        """The call's reflex (voicegate's public library API): playout, controller, gate and drivers."""
+        self.playout: PlayoutTrack = self.reflex.playout
+        self.controller: DuplexController = self.reflex.controller
         self.runner = ReplyRunner(self.controller, self.tasks)
         self.agent: Agent = (LlmAgent(self.runner, self.events, options.agent) if options.agent.llm_configured
                              else DemoAssistant(self.runner, self.events))
-        self.controller.echo_similarity = options.gate.echo_similarity
-        self.controller.on_user_turn = self.agent.user_turn
-        self.driver: LiveGateDriver | None = None
+        self.reflex.on_turn = self.agent.user_turn
+        self.reflex.on_error = self._stage_warning
         self.cpu_observer: Callable[[str, float, float | None], None] | None = None
         """Set by the server: receives the compute of every stage (``/metrics``)."""
         self.received_samples = 0
@@ -81,8 +82,14 @@ class CallCore:
         self.closed = False
         self._closing: asyncio.Future[None] | None = None
 
-    def _make_tts(self, options: Options) -> Tts:
-        espeak = EspeakTts(sample_rate=self.playout.sample_rate)
+    @property
+    def driver(self) -> LiveGateDriver | None:
+        """The gate's live driver (None before :meth:`start_gate`, or once barge-in is off for this call)."""
+        driver = self.reflex.driver
+        return driver if isinstance(driver, LiveGateDriver) else None
+
+    def _make_tts(self, options: Options, sample_rate: int) -> Tts:
+        espeak = EspeakTts(sample_rate=sample_rate)
         if options.agent.tts != "openai" or not options.agent.llm_configured:
             return espeak
         import openai
@@ -90,7 +97,7 @@ class CallCore:
         client = openai.AsyncOpenAI(api_key=options.agent.api_key or "not-needed", base_url=options.agent.base_url,
                                     max_retries=0, timeout=15.0)
         self._clients.append(client)
-        primary = OpenAiTts(client, options.agent.tts_model, options.agent.tts_voice, self.playout.sample_rate)
+        primary = OpenAiTts(client, options.agent.tts_model, options.agent.tts_voice, sample_rate)
 
         def report(exc: Exception) -> None:
             self.events.emit("error", stage="tts", cause=type(exc).__name__,
@@ -111,29 +118,25 @@ class CallCore:
         """Report a component that failed (an ``error`` event)."""
         self.events.emit("error", stage=stage, cause=type(exc).__name__, message=str(exc))
 
-    def _stage_error(self, stage: str, cause: str, message: str) -> None:
+    def _stage_warning(self, stage: str, cause: str, message: str) -> None:
+        """A stage failed or is overloaded (the reflex has emitted the ``error`` event)."""
         if cause == "overloaded":
             log.warning("call=%s %s overloaded: %s (fewer calls per process, or more ASR workers: "
                         "VOICEGATE_ASR_WORKERS)", self.call_id, stage, message)
-        self.events.emit("error", stage=stage, cause=cause, message=message)
 
     async def start_gate(self) -> None:
         """Load the call's detectors off the loop; a failure degrades the call to 'no barge-in', never kills it."""
         loop = asyncio.get_running_loop()
         try:
-            models = await loop.run_in_executor(None, GateModels, self.options.gate, self.playout.sample_rate)
             judge, service, turns = await loop.run_in_executor(None, shared_models, self.options.turn)
+            self.reflex.judge = judge
+            await self.reflex.start(service, turns)
         except Exception as exc:
             log.error("call=%s gate disabled, barge-in off: %s", self.call_id, exc)
             self.events.emit("error", stage="gate", message=str(exc))
             return
-        models.vad.vad.batcher = vad_batcher()  # Silero runs batched with the process's other calls
-        gate = ReflexGate(self.options.gate, self.controller, judge, lambda *args: None)
-        self.driver = LiveGateDriver(models, gate, service, self.call_id, self.clock.now_ms, turns)
-        self.driver.on_error = self._stage_error
-        self.driver.on_cpu = self.cpu_observer
-        if models.echo is not None:
-            self.playout.frame_sink = models.add_outbound
+        if self.driver is not None:
+            self.driver.on_cpu = self.cpu_observer
 
     async def open(self) -> None:
         """Load the gate and start the watchdog; the adapter then connects the caller."""
@@ -156,12 +159,11 @@ class CallCore:
         if self.driver is None:
             return
         try:
-            await self.driver.process(pcm, received_ms)
+            await self.reflex.feed_user(pcm, PIPELINE_SAMPLE_RATE, received_ms)
         except Exception as exc:
             log.exception("call=%s gate failed on a chunk; barge-in off for this call", self.call_id)
             self.component_failed("gate", exc)
-            self.driver.close()
-            self.driver = None
+            self.reflex.detach_gate()
 
     @property
     def inbound_rms(self) -> float:
@@ -219,8 +221,7 @@ class CallCore:
             # Also when the close itself was cancelled half-way (the client vanished mid-flush): no task of this
             # call may outlive it.
             self.tasks.cancel_all()
-            if self.driver is not None:
-                self.driver.close()
+            self.reflex.detach_gate()
             if self._on_closed is not None:
                 self._on_closed(self)
             self._closing.set_result(None)

@@ -235,6 +235,15 @@ class DuplexController:
         recent = {w for t in said for w in content_words(t)}
         return sum(w in recent for w in words) / len(words) >= self.echo_similarity
 
+    def remember_bot_text(self, text: str) -> None:
+        """The bot is saying ``text`` now (a transcript that repeats it soon after is the bot's echo)."""
+        self._recent_bot_text.append((self.events.clock.now_ms(), text))
+
+    def utterance_text(self, utterance_id: str) -> str:
+        """The words of a queued utterance ("" when unknown or audio only)."""
+        entry = self._speech.get(utterance_id)
+        return entry[1].text if entry else ""
+
     # -- playout listener -------------------------------------------------------------------------------------
 
     def on_utterance_started(self, utterance_id: str, at_samples: int) -> None:
@@ -242,7 +251,7 @@ class DuplexController:
         entry = self._speech.get(utterance_id)
         text = entry[1].text if entry else ""
         now = self.events.clock.now_ms()
-        self._recent_bot_text.append((now, text))
+        self.remember_bot_text(text)
         fields: dict[str, Any] = {}
         requested = self._requested.pop(entry[0], None) if entry else None
         if requested is not None:
