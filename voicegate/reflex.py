@@ -39,7 +39,9 @@ import numpy as np
 
 from voicegate.asr.base import UtteranceAsr
 from voicegate.asr.scheduler import AsrService
+from voicegate.asr.turns import TurnService
 from voicegate.audio.pcm import StreamResampler
+from voicegate.audio.vad import vad_batcher
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.events import EventBus, Listener, MediaClock, SimClock
 from voicegate.gate.controller import DuplexController, DuplexState
@@ -161,9 +163,11 @@ class Reflex:
                        reflex.judge if reflex.judge is not None else _shared_judge(), gate_factory=gate_factory)
         return reflex
 
-    async def start(self, asr: AsrService | None = None) -> None:
+    async def start(self, asr: AsrService | None = None, turns: TurnService | None = None) -> None:
         """Load the detectors off the event loop (live clock); ``asr``: the transcript workers (default: the
-        process's, shared by every call). Idempotent."""
+        process's, shared by every call); ``turns``: a stronger transcriber for the caller's whole turns
+        (:class:`~voicegate.asr.turns.TurnService`, e.g. ``turn_service(TurnOptions())`` for Whisper base; default
+        none: the reflex's own final transcript is the turn). Idempotent."""
         if self.driver is not None:
             return
         loop = asyncio.get_running_loop()
@@ -171,10 +175,10 @@ class Reflex:
                                                                       echo_guard=self.echo_guard))
         judge = self.judge if self.judge is not None else await loop.run_in_executor(None, _shared_judge)
         service = asr if asr is not None else await loop.run_in_executor(None, _shared_asr)
-        self._attach(models, judge, service)
+        self._attach(models, judge, service, turns=turns)
 
     def _attach(self, models: GateModels, judge: RelevanceJudge, service: AsrService | None = None,
-                gate_factory: GateFactory | None = None) -> None:
+                gate_factory: GateFactory | None = None, turns: TurnService | None = None) -> None:
         self.models = models
         self.judge = judge
         self.gate = (ReflexGate(self.options, self.controller, judge, lambda *args: None) if gate_factory is None
@@ -183,7 +187,8 @@ class Reflex:
             assert self._asr is not None
             self.driver = OfflineGateDriver(models, self.gate, self._asr, self._asr_options, on_error=self._error)
         else:
-            self.driver = LiveGateDriver(models, self.gate, service, self.call_id, self.clock.now_ms)
+            models.vad.vad.batcher = vad_batcher()  # Silero runs batched with the process's other calls
+            self.driver = LiveGateDriver(models, self.gate, service, self.call_id, self.clock.now_ms, turns)
             self.driver.on_error = self._error
         if models.echo is not None:
             self.playout.frame_sink = models.add_outbound
@@ -395,6 +400,6 @@ def _shared_judge() -> RelevanceJudge:
 
 
 def _shared_asr() -> AsrService:
-    from voicegate.call.core import shared_models
+    from voicegate.gate.driver import asr_service
 
-    return shared_models()[1]
+    return asr_service()

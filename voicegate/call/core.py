@@ -111,7 +111,7 @@ class CallCore:
         if sample_rate == self.playout.sample_rate:
             return
         self.playout.set_sample_rate(sample_rate)
-        self.tts = self._make_tts(self.options)
+        self.tts = self._make_tts(self.options, sample_rate)
         self.controller.tts = self.tts
 
     def component_failed(self, stage: str, exc: Exception) -> None:
