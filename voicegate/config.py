@@ -204,6 +204,20 @@ def _overlay(record: Any, prefix: str, env: dict[str, str]) -> Any:
     return replace(record, **changes) if changes else record
 
 
+ORT_GRAPH_OPT_ENV = "VOICEGATE_ORT_GRAPH_OPT"
+
+
+def ort_graph_optimization(env: dict[str, str] | None = None) -> str:
+    """``VOICEGATE_ORT_GRAPH_OPT``: onnxruntime's graph optimisation level for Silero VAD — ``all`` (default),
+    ``extended``, ``basic`` or ``disable``. The unoptimised graph sums in another order (its probabilities differ in
+    the last bits): the second numerics profile of ``make test-portable``, as onnxruntime has no switch for the
+    instruction set it picks."""
+    value = (os.environ if env is None else env).get(ORT_GRAPH_OPT_ENV, "all").strip().lower() or "all"
+    if value not in ("all", "extended", "basic", "disable"):
+        raise ValueError(f"{ORT_GRAPH_OPT_ENV}={value!r}: choose all, extended, basic or disable")
+    return value
+
+
 def options_from_env(env: dict[str, str] | None = None) -> Options:
     """Build :class:`Options` from environment variables.
 

@@ -6,13 +6,13 @@ the media time its audio was complete plus the compute time it really took.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from av import AudioFrame, AudioResampler
 
-from voicegate.asr.base import UtteranceAsr
+from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.bench.echo_path import Echo, EchoPath
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.events import EventBus, SimClock
@@ -26,6 +26,25 @@ FRAME_MS = 20
 NOMINAL_SPEECH_RMS = 3000.0
 """A caller's speech level at the microphone (≈ −21 dBFS), the reference for echo-only scenarios' gains."""
 MIC_FRAME = PIPELINE_SAMPLE_RATE * FRAME_MS // 1000
+MODELLED_CHUNK_MS = 1.0
+"""The modelled clock's cost of the detectors per 20 ms chunk (measured: 0.5–1.5 ms on a 2-core AMD EPYC)."""
+MODELLED_ASR_MS = (60.0, 40.0)
+"""The modelled clock's cost of one decode: fixed ms + ms per second of audio (Whisper tiny.en, int8, one thread)."""
+
+
+@dataclass
+class ModelledCostAsr:
+    """An engine whose transcripts carry a modelled compute time instead of the measured one: on the modelled
+    clock a run is deterministic, so two CPUs that decide differently differ in their numerics, not their load."""
+
+    inner: UtteranceAsr
+    name: str = "modelled"
+
+    def transcribe(self, pcm: np.ndarray) -> Transcript:
+        """Transcribe with the inner engine; stamp the modelled cost."""
+        fixed_ms, per_sec_ms = MODELLED_ASR_MS
+        cost = fixed_ms + per_sec_ms * len(pcm) / PIPELINE_SAMPLE_RATE
+        return replace(self.inner.transcribe(pcm), compute_ms=cost)
 
 
 @dataclass
@@ -172,8 +191,12 @@ class MicMix:
 def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
                  options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
                  noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate",
-                 asr_options: AsrOptions | None = None) -> Outcome:
-    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``."""
+                 asr_options: AsrOptions | None = None, modelled_clock: bool = False) -> Outcome:
+    """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``.
+
+    ``modelled_clock``: stamp decisions with modelled compute costs (:data:`MODELLED_CHUNK_MS`,
+    :class:`ModelledCostAsr`) instead of the measured ones, so the run does not depend on this machine's load.
+    """
     from voicegate.bench.policies import gate_factory
 
     options = options or GateOptions()
@@ -190,7 +213,10 @@ def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJud
     def report(stage: str, cause: str, message: str) -> None:
         events.emit("error", stage=stage, cause=cause, message=message)
 
-    driver = OfflineGateDriver(models, gate, asr, asr_options, on_error=report)
+    driver = OfflineGateDriver(models, gate, ModelledCostAsr(asr) if modelled_clock else asr, asr_options,
+                               on_error=report)
+    if modelled_clock:
+        driver.chunk_cost_ms = MODELLED_CHUNK_MS
     controller.queue_speech(bot, "r1")
 
     mix = MicMix(bot, clip, at_s, gain_db, echo, noise, tail_s)
