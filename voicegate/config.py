@@ -159,7 +159,9 @@ class AgentOptions:
     greeting: str = "Hi! How can I help?"
     first_token_timeout_secs: float = 8.0
     tts: str = "espeak"
-    """``espeak`` (embedded) or ``openai`` (``audio.speech`` on the same endpoint, espeak-ng as fallback)."""
+    """``espeak`` (the espeak-ng command line, default: fastest to the first audio), ``pyttsx3`` (espeak-ng in-process
+    through pyttsx3, with espeak's own word timings; the command line as fallback) or ``openai`` (``audio.speech``
+    on the same endpoint, espeak-ng as fallback)."""
     tts_model: str = "gpt-4o-mini-tts"
     tts_voice: str = "alloy"
 
@@ -224,8 +226,8 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
     ``VOICEGATE_GATE_<FIELD>`` overrides any :class:`GateOptions` field (e.g. ``VOICEGATE_GATE_VAD_HANGOVER_MS``),
     likewise ``VOICEGATE_PLAYOUT_<FIELD>``, ``VOICEGATE_SERVER_<FIELD>`` and ``VOICEGATE_ASR_<FIELD>``. The LLM uses
     the standard ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
-    ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``openai``, with
-    ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
+    ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``pyttsx3``/``openai``,
+    with ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
     ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs; ``VOICEGATE_MAX_SESSIONS``,
     ``VOICEGATE_TOKEN``, ``VOICEGATE_CORS_ORIGINS`` and ``VOICEGATE_OFFERS_PER_MINUTE`` set the server's limits.
     """
