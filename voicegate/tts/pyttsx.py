@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import functools
 import io
+import logging
 import os
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from voicegate.config import PLAYOUT_SAMPLE_RATE
 from voicegate.tts.base import Speech
 from voicegate.tts.espeak import TtsError, estimate_word_ends
 
+log = logging.getLogger(__name__)
 ESPEAK_RATE = 22_050
 """libespeak-ng's output rate (pyttsx3's driver assumes it too)."""
 DONE_TIMEOUT_SECS = 10.0
@@ -60,6 +62,7 @@ class _Engine:
         self._words: list[tuple[int, int, int]] = []
         """(1-based character position, length, audio position in ms) of each word espeak reports."""
         self._done = threading.Event()
+        self.retries = 0
         _espeak.SetSynthCallback(self._on_synth)  # replaces the driver's; the driver's is still called
 
     def _on_synth(self, wav: Any, numsamples: int, events: Any) -> int:
@@ -76,7 +79,16 @@ class _Engine:
         return int(self._driver_callback(wav, numsamples, events))
 
     def synthesize(self, text: str, rate_wpm: int, voice: str | None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        """Blocking: the sentence's 22.05 kHz samples and its word events."""
+        """Blocking: the sentence's 22.05 kHz samples and its word events (a second try when pyttsx3's loop ended
+        without any audio: seen once in ~150 sentences)."""
+        pcm, words = self._once(text, rate_wpm, voice)
+        if not len(pcm):
+            self.retries += 1
+            log.warning("pyttsx3 returned no audio for %r; trying once more", text)
+            pcm, words = self._once(text, rate_wpm, voice)
+        return pcm, words
+
+    def _once(self, text: str, rate_wpm: int, voice: str | None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
         self._samples, self._words = [], []
         self._done.clear()
         self.engine.setProperty("rate", rate_wpm)
