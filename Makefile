@@ -12,12 +12,13 @@ APT_PACKAGES := espeak-ng chromium chromium-driver g++ libwebrtc-audio-processin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VOSK_MODEL := vosk-model-small-en-us-0.15
 
-.PHONY: install run-demo test lint bench bench-quick bench-live bench-peers test-peers peers nextjs test-nextjs asr-bench models relevance-model clean help
+.PHONY: install run-demo test test-portable lint bench bench-quick bench-live bench-peers test-peers peers nextjs test-nextjs asr-bench models relevance-model clean help
 
 help:
 	@echo "make run-demo   install what is missing, then serve the demo on http://$(HOST):$(PORT)"
 	@echo "make test       install what is missing, then run the test suite"
 	@echo "make lint       ruff + mypy"
+	@echo "make test-portable  numerics-sensitive tests under a second CPU profile; fails if a bench decision differs"
 	@echo "make bench      barge-in benchmark (full corpus); make bench-quick for --quick"
 	@echo "make bench-live the quick corpus simulated and through real WebRTC calls, side by side"
 	@echo "make bench-peers install Pipecat 1.14 and LiveKit Agents 1.8 (.[peers]), then bench against their code"
@@ -79,6 +80,19 @@ test: install peers nextjs
 	$(VENV)/bin/ruff check voicegate tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# Portable decisions: the numerics-sensitive tests again under a second CPU numerics profile (OpenBLAS's Haswell
+# kernels, CTranslate2's AVX2 kernels, onnxruntime's unfused graph), then the quick benchmark's decisions under the
+# machine's own profile and the second one, on the modelled clock (deterministic): any decision that differs fails.
+PORTABLE_ENV := OPENBLAS_CORETYPE=Haswell CT2_FORCE_CPU_ISA=AVX2 VOICEGATE_ORT_GRAPH_OPT=disable
+NATIVE_ENV := -u OPENBLAS_CORETYPE -u CT2_FORCE_CPU_ISA -u VOICEGATE_ORT_GRAPH_OPT
+PORTABLE_TESTS := tests/test_gate.py tests/test_aec.py tests/test_asr.py tests/test_bench.py tests/test_relevance.py
+PORTABLE_BENCH := $(VENV)/bin/voicegate bench --quick --policies voicegate --modelled-clock
+test-portable: install
+	env $(PORTABLE_ENV) $(PY) -m pytest -q $(PORTABLE_TESTS)
+	env $(NATIVE_ENV) $(PORTABLE_BENCH) --out bench-out/portable/native >/dev/null
+	env $(PORTABLE_ENV) $(PORTABLE_BENCH) --out bench-out/portable/second >/dev/null
+	$(PY) -m voicegate.bench.decisions bench-out/portable/native/report.json bench-out/portable/second/report.json
 
 lint: install
 	$(VENV)/bin/ruff check voicegate tests

@@ -208,3 +208,33 @@ def test_overloaded_asr_degrades_to_vad_rules_and_never_leaves_the_bot_paused(bo
     assert not short.stopped and short.resume_ms is not None, short.verdicts
     assert any("asr_overloaded" in v["reasons"] for v in short.verdicts)
     assert long.stopped, long.verdicts
+
+
+def test_a_spotter_hit_on_a_backchannel_does_not_stop_the_bot(bot, models, shared_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The spotter once heard "stop" in an espeak "uh-huh" during a demo call (PocketSphinx's false alarm; it could
+    not be reproduced offline: 0 of 352 backchannels here, ``python -m voicegate.bench.kws_eval``). The same false
+    hit is delivered here, 70 % into each backchannel: the transcripts of the sound say it is something else, so
+    the bot resumes. A real stop phrase still stops (the tests above, ``voicegate bench``)."""
+    from voicegate.asr.kws import KeywordHit, KeywordSpotter
+
+    clips = _clips(shared_data, "speech/speech_commands/yes", "*.wav") + \
+        [_say(p, voice=v) for p in ("uh-huh", "okay", "yeah") for v in ("en-us+f3", "en-gb")]
+    feed = KeywordSpotter.feed
+    target = {"at": 0, "fired": False}
+
+    def false_alarm(self: KeywordSpotter, pcm: np.ndarray) -> list[KeywordHit]:
+        hits = feed(self, pcm)
+        if not target["fired"] and self._position >= target["at"]:
+            target["fired"] = True
+            hits = [*hits, KeywordHit("stop", self._position)]
+        return hits
+
+    monkeypatch.setattr(KeywordSpotter, "feed", false_alarm)
+    outcomes = []
+    for clip in clips:
+        target.update(at=32_000 + int(0.7 * len(clip)), fired=False)
+        outcomes.append(_run(bot, models, clip))
+        assert target["fired"]
+    stopped = [o.verdicts for o in outcomes if o.stopped]
+    assert len(stopped) <= 1, stopped
+    assert all(o.resume_ms is not None for o in outcomes if not o.stopped)

@@ -77,6 +77,13 @@ async def test_nextjs_page_calls_and_shows_the_verdict(tmp_path: Path, shared_da
                 assert await page.inner_text("#connection") in ("connecting", "connected", "new")
                 await page.wait_for_function(
                     "document.querySelector('#verdicts').textContent.includes('interrupt')", timeout=30_000)
+                # The same reflex view as the demo page (voicegate-client/reflex-view.js): the stop, with its ms.
+                await page.wait_for_function(
+                    "document.querySelector('#reflex li.vg-sound[data-outcome=stopped]')", timeout=10_000)
+                stop = await page.evaluate("""() => ({...document.querySelector(
+                    '#reflex li.vg-sound[data-outcome=stopped]').dataset})""")
+                assert stop["label"] == "interrupt" and float(stop["pauseMs"]) < 300 and stop["reason"], stop
+                assert int(await page.get_attribute("#reflex [data-vg-summary]", "data-stops") or 0) >= 1
                 assert server.app is not None and len(server.app[SESSIONS]) == 1
                 await page.click("#hangup")
                 for _ in range(100):

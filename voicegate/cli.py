@@ -99,7 +99,7 @@ def _bench(args: argparse.Namespace) -> int:
         gate = replace(options_from_env().gate, echo_cancel=True) if args.echo_cancel else options_from_env().gate
         run_bench(args.quick, args.out, args.corpus, policies, live=args.live, url=args.url,
                   live_calls=args.live_calls, transport=args.transport,
-                  token=os.environ.get("VOICEGATE_TOKEN") or None, options=gate)
+                  token=os.environ.get("VOICEGATE_TOKEN") or None, options=gate, modelled_clock=args.modelled_clock)
     except (ManifestError, ValueError) as exc:
         print(f"voicegate bench: {exc}", file=sys.stderr)
         return 2
@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --live: place the calls over WebRTC (default) or GET /ws (48 kHz PCM16)")
     bench.add_argument("--echo-cancel", action="store_true",
                        help="run the simulated pipeline with echo cancellation on (VOICEGATE_GATE_ECHO_CANCEL=1)")
+    bench.add_argument("--modelled-clock", action="store_true",
+                       help="stamp simulated decisions with modelled compute costs instead of measured ones: the run "
+                            "is deterministic, so two CPU profiles that decide differently differ in their numerics "
+                            "(make test-portable)")
     bench.set_defaults(func=_bench)
 
     asr = sub.add_parser("asr-bench", help="transcript engines side by side: compute time, words heard, sounds")

@@ -202,7 +202,9 @@ class AgentOptions:
     greeting: str = "Hi! How can I help?"
     first_token_timeout_secs: float = 8.0
     tts: str = "espeak"
-    """``espeak`` (embedded) or ``openai`` (``audio.speech`` on the same endpoint, espeak-ng as fallback)."""
+    """``espeak`` (the espeak-ng command line, default: fastest to the first audio), ``pyttsx3`` (espeak-ng in-process
+    through pyttsx3, with espeak's own word timings; the command line as fallback) or ``openai`` (``audio.speech``
+    on the same endpoint, espeak-ng as fallback)."""
     tts_model: str = "gpt-4o-mini-tts"
     tts_voice: str = "alloy"
 
@@ -248,14 +250,28 @@ def _overlay(record: Any, prefix: str, env: dict[str, str]) -> Any:
     return replace(record, **changes) if changes else record
 
 
+ORT_GRAPH_OPT_ENV = "VOICEGATE_ORT_GRAPH_OPT"
+
+
+def ort_graph_optimization(env: dict[str, str] | None = None) -> str:
+    """``VOICEGATE_ORT_GRAPH_OPT``: onnxruntime's graph optimisation level for Silero VAD — ``all`` (default),
+    ``extended``, ``basic`` or ``disable``. The unoptimised graph sums in another order (its probabilities differ in
+    the last bits): the second numerics profile of ``make test-portable``, as onnxruntime has no switch for the
+    instruction set it picks."""
+    value = (os.environ if env is None else env).get(ORT_GRAPH_OPT_ENV, "all").strip().lower() or "all"
+    if value not in ("all", "extended", "basic", "disable"):
+        raise ValueError(f"{ORT_GRAPH_OPT_ENV}={value!r}: choose all, extended, basic or disable")
+    return value
+
+
 def options_from_env(env: dict[str, str] | None = None) -> Options:
     """Build :class:`Options` from environment variables.
 
     ``VOICEGATE_GATE_<FIELD>`` overrides any :class:`GateOptions` field (e.g. ``VOICEGATE_GATE_VAD_HANGOVER_MS``),
     likewise ``VOICEGATE_PLAYOUT_<FIELD>``, ``VOICEGATE_SERVER_<FIELD>`` and ``VOICEGATE_ASR_<FIELD>``. The LLM uses
     the standard ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` plus ``VOICEGATE_LLM_MODEL``, ``VOICEGATE_SYSTEM_PROMPT`` and
-    ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``openai``, with
-    ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
+    ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``pyttsx3``/``openai``,
+    with ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
     ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs; ``VOICEGATE_MAX_SESSIONS``,
     ``VOICEGATE_TOKEN``, ``VOICEGATE_CORS_ORIGINS`` and ``VOICEGATE_OFFERS_PER_MINUTE`` set the server's limits.
     ``VOICEGATE_TURN_<FIELD>`` sets the turn transcriber (:class:`TurnOptions`; ``VOICEGATE_TURN_ENGINE``,

@@ -3,6 +3,7 @@
 //   const call = await connect("http://127.0.0.1:8080");
 //   call.events.addEventListener("bot.paused", (e) => console.log(e.detail));
 //   call.close();
+// reflex-view.js (same folder, also dependency-free) draws what the barge-in layer does during the call.
 // Works from a plain page or a Next.js client component ("use client").
 
 const MIC_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
@@ -26,16 +27,18 @@ function waitForIceGathering(pc, timeoutMs = 5000) {
  * @param {string} url base URL of the server ("" for the page's own origin)
  * @param {{stream?: MediaStream, audio?: HTMLAudioElement, token?: string, iceServers?: RTCIceServer[]}} [opts]
  * @returns {Promise<{pc: RTCPeerConnection, events: EventTarget, channel: RTCDataChannel,
- *                    stream: MediaStream, callId: string, close: () => void}>}
+ *                    stream: MediaStream, remote: MediaStream | null, callId: string, close: () => void}>}
+ *   ``remote``: the bot's voice (set once its track arrives; a "track" event says when).
  */
 export async function connect(url = "", opts = {}) {
   const pc = new RTCPeerConnection({ iceServers: opts.iceServers || [] });
   const events = new EventTarget();
+  let remote = null;
   const stream = opts.stream || (await navigator.mediaDevices.getUserMedia({ audio: MIC_CONSTRAINTS }));
   for (const track of stream.getAudioTracks()) pc.addTrack(track, stream);
 
   pc.addEventListener("track", (ev) => {
-    const remote = ev.streams[0] || new MediaStream([ev.track]);
+    remote = ev.streams[0] || new MediaStream([ev.track]);
     if (opts.audio) {
       opts.audio.srcObject = remote;
       opts.audio.play().catch(() => {});
@@ -75,5 +78,5 @@ export async function connect(url = "", opts = {}) {
     pc.close();
     if (!opts.stream) stream.getTracks().forEach((t) => t.stop());
   };
-  return { pc, events, channel, stream, callId: body.call_id, close };
+  return { pc, events, channel, stream, get remote() { return remote; }, callId: body.call_id, close };
 }

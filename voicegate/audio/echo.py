@@ -35,6 +35,12 @@ for audio that has not been played yet."""
 REANCHOR_MS = 60.0
 ECHO_HOLD_WINDOWS = 10
 ECHO_LEVEL_MARGIN_DB = 3.0
+ECHO_DOUBT_DB = 6.0
+"""With a working canceller, a window from which it removed less than its echo threshold, but by less than this
+margin (a third of the threshold when that is smaller: at the 6 dB floor a user over loud echo keeps only 3–4 dB
+more than the canceller's output), is *doubtful*: echo residue or the start of a user talking over the echo.
+One residual window of the bot's voice read as speech (0.55) with 17.5 dB removed against a 19.6 dB threshold,
+and paused the bot: a doubtful window therefore cannot start speech alone (:meth:`VadDetector.step`)."""
 
 
 class EchoGuard:
@@ -138,6 +144,8 @@ class EchoControl:
         self.near_end = False
         """Set by the gate: the user is speaking (the canceller does not adapt)."""
         self.reanchors = 0
+        self.doubtful = False
+        """Set by :meth:`is_echo`: the last window was not echo, but only within :data:`ECHO_DOUBT_DB` of it."""
 
     def add_outbound(self, pcm: np.ndarray) -> None:
         """Record one outbound frame (at the playout rate) as it is sent.
@@ -285,11 +293,14 @@ class EchoControl:
         level = _dbfs(raw_window)
         recent = [lvl for s, lvl in self._echo_windows if s >= self.correlation]
         self._echo_windows.append((score, level))
+        self.doubtful = False
         aec = self.aec
         if aec is not None and self.engaged and aec.converged:
             # Echo alone loses about the canceller's ERLE; a user talking over it keeps most of their level.
             removed_db = level - _dbfs(clean_window)
-            return removed_db >= min(max(aec.erle_db - 8.0, 6.0), 25.0)
+            threshold_db = min(max(aec.erle_db - 8.0, 6.0), 25.0)
+            self.doubtful = threshold_db - min(ECHO_DOUBT_DB, threshold_db / 3) <= removed_db < threshold_db
+            return removed_db >= threshold_db
         if score >= self.correlation:
             return True
         return bool(recent) and level <= max(recent) + ECHO_LEVEL_MARGIN_DB

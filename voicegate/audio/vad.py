@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions, ort_graph_optimization
 
 WINDOW_SAMPLES = 512
 """Silero's window at 16 kHz: 32 ms."""
@@ -47,6 +47,10 @@ def _session() -> object:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[ort_graph_optimization()]
     return ort.InferenceSession(str(silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -214,6 +218,8 @@ class VadDetector:
         self._sorted_levels: list[float] = []
         """The same levels kept sorted, so the floor is an O(log n) update, not a percentile over 3 s per window."""
         self._run = 0
+        self._run_clear = False
+        """The current run of voiced windows holds one that is not doubtful (see :meth:`step`)."""
         self._silence_ms = 0.0
         self._segment_start = 0
         self._pending = np.zeros(0, dtype=np.int16)
@@ -229,8 +235,11 @@ class VadDetector:
             out.append(self.step(window))
         return out
 
-    def step(self, window: np.ndarray, is_echo: bool = False, hangover_ms: float | None = None) -> VadWindow:
-        """Classify one 512-sample window (``is_echo``: the echo guard says it is the bot's own voice)."""
+    def step(self, window: np.ndarray, is_echo: bool = False, hangover_ms: float | None = None,
+             doubtful: bool = False) -> VadWindow:
+        """Classify one 512-sample window (``is_echo``: the echo guard says it is the bot's own voice;
+        ``doubtful``: it says the window is not echo, but only just — such a window starts speech only when the
+        next window is voiced too, so a single window of echo residue never pauses the bot)."""
         level = dbfs_window(window)
         # Silero runs on every window, silence included: its recurrent state keeps drifting over seconds of silence
         # and skipping windows measurably moves later onsets (by a window or two); the model is the cheap part.
@@ -243,7 +252,8 @@ class VadDetector:
         event = None
         if not self.speaking:
             self._run = self._run + 1 if voiced else 0
-            if self._run >= self.options.vad_onset_windows:
+            self._run_clear = (self._run_clear or not doubtful) if self._run else False
+            if self._run >= self.options.vad_onset_windows and (self._run_clear or self._run >= 2):
                 self.speaking = True
                 self._silence_ms = 0.0
                 self._segment_start = start - (self._run - 1) * WINDOW_SAMPLES

@@ -113,6 +113,19 @@ class _Codec:
         return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
+def _fft_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``np.convolve(x, h)`` through the FFT, in float64.
+
+    ``np.convolve`` sums with BLAS dot products, whose last bits change with the BLAS kernel
+    (``OPENBLAS_CORETYPE``); the Opus round trip after the room turns such differences into a different echo, so
+    the same scenario would feed the gate different audio on different CPUs. The FFT does not go through BLAS.
+    """
+    n = len(x) + len(h) - 1
+    size = 1 << int(np.ceil(np.log2(n)))
+    out = np.fft.irfft(np.fft.rfft(x.astype(np.float64), size) * np.fft.rfft(h.astype(np.float64), size), size)
+    return out[:n].astype(np.float32)
+
+
 def _resample(resampler: AudioResampler, pcm: np.ndarray, rate: int) -> np.ndarray:
     frame = AudioFrame.from_ndarray(np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16",
                                     layout="mono")
@@ -139,7 +152,7 @@ class EchoPath:
         """The echo for the microphone samples recorded while ``played`` (16 kHz) was being played."""
         x = played.astype(np.float32)
         if self._rir is not None:
-            full = np.convolve(x, self._rir)
+            full = _fft_convolve(x, self._rir)
             full[: len(self._tail)] += self._tail
             x, self._tail = full[: len(x)], full[len(x):]
         elif self.echo.lowpass_hz:

@@ -112,11 +112,13 @@ PEER_NOTES = [
 def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
               policies: tuple[str, ...] = DEFAULT_POLICIES,
               live: bool = False, url: str | None = None, live_calls: int = 1, transport: str = "webrtc",
-              token: str | None = None, options: GateOptions | None = None) -> dict[str, Any]:
+              token: str | None = None, options: GateOptions | None = None,
+              modelled_clock: bool = False) -> dict[str, Any]:
     """Run every scenario under every policy; write ``report.json``, ``report.md`` and plots to ``out_dir``.
 
     With ``live``, the same scenarios are then played through real WebRTC calls to ``voicegate serve`` (``url``,
-    or one started here) and the report shows simulated and live figures side by side.
+    or one started here) and the report shows simulated and live figures side by side. With ``modelled_clock``
+    the simulated runs are stamped with modelled compute costs (deterministic; ``make test-portable``).
     """
     policies, skipped = resolve_policies(policies)
     for policy, why in skipped.items():
@@ -162,7 +164,7 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
                                           echo=echo, noise=noise, options=options)
             else:
                 o = run_scenario(_bot(sc.bot_text, bots), gain(clip, sc.gain_db), sc.at_s, judge, asr, echo=echo,
-                                 noise=noise, policy=policy, options=options)
+                                 noise=noise, policy=policy, options=options, modelled_clock=modelled_clock)
             row = _row(sc, o)
             rows[policy].append(row)
             entry["outcomes"][policy] = {k: v for k, v in row.items() if k not in ("id", "label")}
@@ -203,6 +205,7 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
                    "labels": {label: sum(s.label == label for s in scenarios)
                               for label in ("interrupt", "backchannel", "noise", "echo")}},
         "machine": {"cpu": lscpu_model(), "python": platform.python_version()},
+        "modelled_clock": modelled_clock,
         "policies": {p: {**summarize(rows[p]), "kind": _kind(p), "per_label": by_label(rows[p]),
                          "per_group": by_group(rows[p]),
                          "cpu_total_per_audio_s": round(cpu_ms_by_policy[p] / 1000 / max(audio_s_by_policy[p], 1e-9),

@@ -6,13 +6,13 @@ the media time its audio was complete plus the compute time it really took.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from av import AudioFrame, AudioResampler
 
-from voicegate.asr.base import UtteranceAsr
+from voicegate.asr.base import Transcript, UtteranceAsr
 from voicegate.bench.echo_path import Echo, EchoPath
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.gate.driver import OfflineGateDriver
@@ -23,6 +23,25 @@ FRAME_MS = 20
 NOMINAL_SPEECH_RMS = 3000.0
 """A caller's speech level at the microphone (≈ −21 dBFS), the reference for echo-only scenarios' gains."""
 MIC_FRAME = PIPELINE_SAMPLE_RATE * FRAME_MS // 1000
+MODELLED_CHUNK_MS = 1.0
+"""The modelled clock's cost of the detectors per 20 ms chunk (measured: 0.5–1.5 ms on a 2-core AMD EPYC)."""
+MODELLED_ASR_MS = (60.0, 40.0)
+"""The modelled clock's cost of one decode: fixed ms + ms per second of audio (Whisper tiny.en, int8, one thread)."""
+
+
+@dataclass
+class ModelledCostAsr:
+    """An engine whose transcripts carry a modelled compute time instead of the measured one: on the modelled
+    clock a run is deterministic, so two CPUs that decide differently differ in their numerics, not their load."""
+
+    inner: UtteranceAsr
+    name: str = "modelled"
+
+    def transcribe(self, pcm: np.ndarray) -> Transcript:
+        """Transcribe with the inner engine; stamp the modelled cost."""
+        fixed_ms, per_sec_ms = MODELLED_ASR_MS
+        cost = fixed_ms + per_sec_ms * len(pcm) / PIPELINE_SAMPLE_RATE
+        return replace(self.inner.transcribe(pcm), compute_ms=cost)
 
 
 @dataclass
@@ -164,21 +183,26 @@ class MicMix:
 def run_scenario(bot: Speech, clip: np.ndarray, at_s: float, judge: RelevanceJudge, asr: UtteranceAsr,
                  options: GateOptions | None = None, gain_db: float = 0.0, echo: Echo | None = None,
                  noise: np.ndarray | None = None, tail_s: float = 2.5, policy: str = "voicegate",
-                 asr_options: AsrOptions | None = None) -> Outcome:
+                 asr_options: AsrOptions | None = None, modelled_clock: bool = False) -> Outcome:
     """Simulate the bot saying ``bot`` while ``clip`` (16 kHz) starts ``at_s`` seconds in, under ``policy``.
 
     The call is a :class:`~voicegate.reflex.Reflex` on the simulated clock (the library the server and the
-    integrations use); another policy replaces only its gate.
+    integrations use); another policy replaces only its gate. ``modelled_clock``: stamp decisions with modelled
+    compute costs (:data:`MODELLED_CHUNK_MS`, :class:`ModelledCostAsr`) instead of the measured ones, so the run does
+    not depend on this machine's load.
     """
     from voicegate.bench.policies import gate_factory
     from voicegate.reflex import Reflex
 
     options = options or GateOptions()
-    reflex = Reflex.simulated(asr, options, asr_options=asr_options, judge=judge, call_id="bench",
+    reflex = Reflex.simulated(ModelledCostAsr(asr) if modelled_clock else asr, options, asr_options=asr_options,
+                              judge=judge, call_id="bench",
                               playout=PlayoutOptions(), gate_factory=gate_factory(policy))
     playout, driver, gate = reflex.playout, reflex.driver, reflex.gate
     assert isinstance(driver, OfflineGateDriver) and gate is not None
     user_turns: list[str] = []
+    if modelled_clock:
+        driver.chunk_cost_ms = MODELLED_CHUNK_MS
     reflex.on_turn = user_turns.append
     reflex.feed_bot(bot.pcm, bot.sample_rate, bot.text)
 

@@ -90,6 +90,14 @@ class CallCore:
 
     def _make_tts(self, options: Options, sample_rate: int) -> Tts:
         espeak = EspeakTts(sample_rate=sample_rate)
+        if options.agent.tts == "pyttsx3":
+            from voicegate.tts.pyttsx import PyttsxTts
+
+            def pyttsx3_failed(exc: Exception) -> None:
+                self.events.emit("error", stage="tts", cause=type(exc).__name__,
+                                 message=f"pyttsx3 failed, using the espeak-ng command line: {exc}")
+
+            return FallbackTts(PyttsxTts(sample_rate=sample_rate), espeak, pyttsx3_failed)
         if options.agent.tts != "openai" or not options.agent.llm_configured:
             return espeak
         import openai

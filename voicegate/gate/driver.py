@@ -113,16 +113,17 @@ class GateModels:
             consumed += WINDOW_SAMPLES
             t3 = time.perf_counter()
             end = self.position - (len(self._clean) - consumed)
-            score, is_echo = 0.0, False
+            score, is_echo, doubtful = 0.0, False, False
             if self.echo is not None:
                 if self.echo.aec is None and self.echo.too_quiet(raw_window):
                     self.echo.skip(raw_window)
                 else:
                     score = self.echo.score(raw_window, end)
                     is_echo = self.echo.is_echo(raw_window, window, score)
+                    doubtful = self.echo.doubtful
             t4 = time.perf_counter()
             result.echo_ms += (t4 - t3) * 1000
-            result.windows.append(self.vad.step(window, is_echo, hangover_ms))
+            result.windows.append(self.vad.step(window, is_echo, hangover_ms, doubtful))
             result.echo_scores.append(score)
             result.vad_ms += (time.perf_counter() - t4) * 1000
         self._raw, self._clean = self._raw[consumed:], self._clean[consumed:]
@@ -292,6 +293,9 @@ class OfflineGateDriver:
         self.requests: list[tuple[float, int, bool]] = []
         """(media ms, audio samples, final) per transcript request."""
         self.on_error = on_error
+        self.chunk_cost_ms: float | None = None
+        """When set, every chunk's compute time on the media clock, instead of the measured one (the benchmark's
+        modelled clock: decisions then depend on the audio and the numerics alone, not on this machine's load)."""
         gate.request_transcript = self._request
 
     def feed(self, pcm: np.ndarray, chunk_end_ms: float) -> None:
@@ -303,6 +307,8 @@ class OfflineGateDriver:
         self.models.kws_enabled = spotter_wanted(self.gate)
         result = self.models.step(pcm, self.gate.hangover_ms)
         compute_ms = result.vad_ms + result.kws_ms + result.echo_ms + result.aec_ms
+        if self.chunk_cost_ms is not None:
+            compute_ms = self.chunk_cost_ms
         self.gate.input_lag_ms = compute_ms
         for key, value in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
             self.cpu_ms[key] += value

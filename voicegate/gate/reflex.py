@@ -4,7 +4,9 @@ Policy (every threshold is in :class:`~voicegate.config.GateOptions`):
 
 1. VAD onset while the bot speaks → the controller pauses the bot at once (no ASR, classifier or LLM).
 2. While paused, the first of these decides:
-   - a stop phrase from the keyword spotter → ``interrupt``;
+   - a stop phrase from the keyword spotter → ``interrupt``, unless the transcripts of the same sound say it is
+     something else (a backchannel, a filler, a non-speech sound): the spotter hears "stop" in some "uh-huh"s.
+     A hit before any transcript of the sound asks for one at once and waits up to ``KWS_CONFIRM_MS`` for it;
    - a *trusted* partial transcript (streamed every ``partial_interval_ms`` while the sound goes on) that the
      relevance judge labels ``interrupt``: a stop phrase heard with enough confidence, or a reading the next
      partial confirms (see :meth:`ReflexGate._trust_early`). A partial never resumes the bot;
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 PAUSED_HANGOVER_MS = 200.0
 KWS_GRACE_MS = 400.0
+KWS_CONFIRM_MS = 400.0
+"""A spotter hit waits this long at most for a transcript of its sound to confirm it (the ASR is overloaded or
+failed otherwise): then the stop phrase stops the bot."""
 SPECULATE_AFTER_WINDOWS = 1
 """Silent windows (32 ms each) after which the transcript that will probably be final is requested early."""
 NO_TRANSCRIPT_MS = 2500.0
@@ -147,6 +152,8 @@ class _Segment:
     """End of the last voiced window (stream samples)."""
     turn_handed: bool = False
     """The turn transcriber has this segment's turn: the reflex's final no longer ends the turn."""
+    keyword_ms: float | None = None
+    """When a spotter hit began waiting for a transcript of its sound to confirm it (None: none waits)."""
 
 
 class ReflexGate:
@@ -197,6 +204,9 @@ class ReflexGate:
         seg = self.segment
         if seg is None:
             return
+        if seg.keyword_ms is not None and not seg.decided and t_ms - seg.keyword_ms >= KWS_CONFIRM_MS:
+            self._decide(seg, "interrupt", [f"stop_phrase:{seg.keyword}", "unconfirmed"], t_ms)
+            return
         if seg.ended_ms is not None:
             if seg.contested and not seg.decided and t_ms - seg.ended_ms > NO_TRANSCRIPT_MS:
                 # The transcript never came (ASR failed or is overloaded): never leave the bot paused.
@@ -237,11 +247,28 @@ class ReflexGate:
         if seg.ended_ms is not None and t_ms - seg.ended_ms > KWS_GRACE_MS:
             return
         seg.keyword = hit.phrase
-        if seg.reading == "sound":
-            # The transcripts of this very sound say it is not speech ("*sigh*"): a spotter hit alone is not
-            # enough; the next transcript decides (it still stops if it reads as an interruption).
+        if seg.reading in ("sound", "backchannel"):
+            # The transcripts of this very sound say it is something else ("*sigh*", "Uh-huh."): a spotter hit
+            # alone is not enough; the next transcript decides (it still stops if it reads as an interruption).
+            return
+        if seg.reading != "interrupt":
+            # Nothing (or nothing clear) transcribed yet: ask now; the transcript confirms the hit unless it hears
+            # something else.
+            seg.keyword_ms = t_ms
+            self.request_transcript(seg.segment_id, seg.start_samples, hit.end_samples, False)
             return
         self._decide(seg, "interrupt", [f"stop_phrase:{hit.phrase}"], t_ms)
+
+    def _confirm_keyword(self, seg: _Segment, transcript: Transcript, judged: Relevance, t_ms: float) -> bool:
+        """A transcript of a sound whose spotter hit waits: stop on the hit (True) unless the transcript says the
+        sound is something else — a backchannel, a filler, a non-speech sound (then the transcripts decide)."""
+        seg.keyword_ms = None
+        if transcript.nonspeech or judged.label == "backchannel" \
+                or (judged.label == "ignore" and judged.source == "lexicon"):
+            return False
+        self._decide(seg, "interrupt", [f"stop_phrase:{seg.keyword}", "confirmed"], t_ms,
+                     have_final=transcript.final)
+        return True
 
     def on_transcript(self, segment_id: int, transcript: Transcript, t_ms: float, end_samples: int = -1) -> None:
         """A transcript of ``segment_id`` up to ``end_samples`` is ready.
@@ -263,6 +290,8 @@ class ReflexGate:
         seg = self.segment
         if seg is None or seg.segment_id != segment_id:
             return
+        if seg.keyword_ms is not None and seg.contested and not seg.decided:
+            self._decide(seg, "interrupt", [f"stop_phrase:{seg.keyword}", f"asr_{cause}"], t_ms)
         if end_samples not in (seg.speculative_end, seg.end_samples):
             seg.partials_off = True
             return
@@ -284,6 +313,10 @@ class ReflexGate:
                 self._finish_turn(seg, transcript.spoken)
             return
         judged = self._classify(transcript.spoken)
+        if seg.keyword_ms is not None and self._confirm_keyword(seg, transcript, judged, t_ms):
+            if transcript.final:
+                self._finish_turn(seg, transcript.spoken)
+            return
         fields: dict[str, object] = {"transcript": transcript.text, "asr_confidence": round(transcript.confidence, 3),
                                      "relevance": judged.label, "relevance_confidence": round(judged.confidence, 3),
                                      "asr_ms": round(transcript.compute_ms, 1)}
@@ -294,9 +327,13 @@ class ReflexGate:
             return
         implausible = syllables(transcript.spoken) > self._max_syllables(seg)
         opts = self.options
+        short = seg.voiced_ms < opts.uncertain_sound_ms
         doubtful = implausible or (judged.source == "model" and (
             transcript.confidence < opts.floor_asr_confidence
-            or (transcript.confidence < opts.min_asr_confidence and seg.voiced_ms < opts.uncertain_sound_ms)))
+            or (transcript.confidence < opts.min_asr_confidence and short)
+            # Only function words ("And then them.") for a short sound: what tiny.en makes of a hum, and which
+            # words it picks flips with the CPU's rounding; no evidence of an interruption either way.
+            or (short and not content_words(transcript.spoken))))
         previous = (seg.reading, seg.reading_words, seg.reading_confidence)
         seg.reading, seg.reading_words = judged.label, frozenset(content_words(transcript.spoken))
         seg.reading_confidence = transcript.confidence
@@ -409,7 +446,8 @@ class ReflexGate:
             seg.turn_handed = True
             self.turns.finish(seg.start_samples, self._turn_end(seg),
                               self._turn_delivery(seg.keyword, seg.contested))
-        if seg.contested and not seg.decided and seg.voiced_ms < self.options.short_sound_ms:
+        if seg.contested and not seg.decided and seg.voiced_ms < self.options.short_sound_ms \
+                and seg.keyword_ms is None:
             self._decide(seg, "noise", ["short_sound"], t_ms)
             return
         if seg.asr_failed is not None:

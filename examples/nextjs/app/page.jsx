@@ -1,10 +1,12 @@
 "use client";
 
 // A call to voicegate from a Next.js App Router page: start, watch the call state and the barge-in verdicts,
-// hang up. The server's address: ?server=<url> on the page, else NEXT_PUBLIC_VOICEGATE_URL at build time, else
+// hang up. The reflex view (levels, the bot's state, each contested sound's pause → verdict → resume/stop) is the
+// same dependency-free module the demo page uses, from voicegate-client. The server's address: ?server=<url> on the page, else NEXT_PUBLIC_VOICEGATE_URL at build time, else
 // http://127.0.0.1:8080. The server must allow this page's origin: VOICEGATE_CORS_ORIGINS=http://localhost:3000.
 import { useEffect, useRef, useState } from "react";
 import { connect } from "voicegate-client";
+import { reflexView } from "voicegate-client/reflex-view.js";
 
 function serverUrl() {
   const fromPage = new URLSearchParams(window.location.search).get("server");
@@ -14,12 +16,17 @@ function serverUrl() {
 export default function Page() {
   const call = useRef(null);
   const audio = useRef(null);
+  const reflex = useRef(null);
+  const view = useRef(null);
   const [connection, setConnection] = useState("idle");
   const [bot, setBot] = useState("quiet");
   const [verdicts, setVerdicts] = useState([]);
   const [error, setError] = useState("");
 
-  useEffect(() => () => call.current?.close(), []);
+  useEffect(() => () => {
+    view.current?.close();
+    call.current?.close();
+  }, []);
 
   async function start() {
     setError("");
@@ -28,6 +35,8 @@ export default function Page() {
     try {
       const c = await connect(serverUrl(), { audio: audio.current });
       call.current = c;
+      view.current?.close();
+      view.current = reflexView(reflex.current, c);
       c.events.addEventListener("connectionstate", (e) => setConnection(e.detail));
       c.events.addEventListener("bot.speaking", () => setBot("speaking"));
       c.events.addEventListener("bot.paused", () => setBot("paused"));
@@ -46,6 +55,8 @@ export default function Page() {
   function hangUp() {
     call.current?.close();
     call.current = null;
+    view.current?.close();
+    view.current = null;
     setConnection("closed");
     setBot("quiet");
   }
@@ -70,6 +81,7 @@ export default function Page() {
           <li key={i}>{v}</li>
         ))}
       </ol>
+      <section ref={reflex} id="reflex" />
       <audio ref={audio} autoPlay />
     </main>
   );
