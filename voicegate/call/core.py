@@ -25,9 +25,9 @@ from voicegate.config import PIPELINE_SAMPLE_RATE, Options
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import LiveGateDriver, asr_service
-from voicegate.gate.relevance import RelevanceJudge, load_judge
+from voicegate.gate.relevance import RelevanceJudge
 from voicegate.media.playout import PlayoutTrack
-from voicegate.reflex import Reflex
+from voicegate.reflex import Reflex, shared_judge
 from voicegate.tasks import TaskOwner
 from voicegate.tts.base import Tts
 from voicegate.tts.espeak import EspeakTts
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 @functools.cache
 def shared_models() -> tuple[RelevanceJudge, AsrService]:
     """The relevance judge and the transcript workers: loaded once per process, shared by every call."""
-    return load_judge(), asr_service()
+    return shared_judge(), asr_service()
 
 
 class CallCore:
