@@ -182,11 +182,11 @@ def test_user_turn_after_stop_reaches_the_agent(bot, models) -> None:  # type: i
 def test_overloaded_asr_degrades_to_vad_rules_and_never_leaves_the_bot_paused(bot, models, shared_data) -> None:  # type: ignore[no-untyped-def]
     """Another call's long decode holds the only worker: this call's requests expire, the gate says so and
     decides on VAD alone (a short 'yes' resumes, a long utterance stops)."""
-    from voicegate.bench import scenario as scenario_module
+    from voicegate import reflex as reflex_module  # the simulated call (voicegate.reflex.Reflex) builds its driver
 
     judge, asr = models
     busy = np.tile(_say("let me tell you a very long story about the sea and the sky"), 4)
-    original = scenario_module.OfflineGateDriver
+    original = reflex_module.OfflineGateDriver
 
     class Crowded(original):  # type: ignore[misc, valid-type]
         def _request(self, segment_id: int, start: int, end: int, final: bool) -> None:
@@ -194,7 +194,7 @@ def test_overloaded_asr_degrades_to_vad_rules_and_never_leaves_the_bot_paused(bo
                 self.sim.submit(AsrRequest(f"other-{_}", 1, len(busy), True, busy, lambda *a: None))
             super()._request(segment_id, start, end, final)
 
-    scenario_module.OfflineGateDriver = Crowded  # type: ignore[misc]
+    reflex_module.OfflineGateDriver = Crowded  # type: ignore[misc]
     try:
         options = AsrOptions(workers=1, max_wait_ms=100.0)
         yes = _clips(shared_data, "speech/speech_commands/yes", "*.wav", 1)[0]
@@ -202,7 +202,7 @@ def test_overloaded_asr_degrades_to_vad_rules_and_never_leaves_the_bot_paused(bo
         long = run_scenario(bot, _say("I really need you to listen to me for a moment now", rate=140), 2.0, judge,
                             asr, asr_options=options)  # type: ignore[arg-type]
     finally:
-        scenario_module.OfflineGateDriver = original  # type: ignore[misc]
+        reflex_module.OfflineGateDriver = original  # type: ignore[misc]
     errors = [e for e in short.events + long.events if e["type"] == "error"]
     assert errors and all(e["stage"] == "asr" and e["cause"] == "overloaded" for e in errors)
     assert not short.stopped and short.resume_ms is not None, short.verdicts
