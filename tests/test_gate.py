@@ -182,7 +182,7 @@ def test_user_turn_after_stop_reaches_the_agent(bot, models) -> None:  # type: i
 def test_overloaded_asr_degrades_to_vad_rules_and_never_leaves_the_bot_paused(bot, models, shared_data) -> None:  # type: ignore[no-untyped-def]
     """Another call's long decode holds the only worker: this call's requests expire, the gate says so and
     decides on VAD alone (a short 'yes' resumes, a long utterance stops)."""
-    from voicegate import reflex as reflex_module
+    from voicegate import reflex as reflex_module  # the simulated call (voicegate.reflex.Reflex) builds its driver
 
     judge, asr = models
     busy = np.tile(_say("let me tell you a very long story about the sea and the sky"), 4)

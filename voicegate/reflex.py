@@ -160,7 +160,7 @@ class Reflex:
         reflex = cls(options, **kwargs)
         reflex._asr, reflex._asr_options = asr, asr_options
         reflex._attach(GateModels(reflex.options, reflex.playout.sample_rate, echo_guard=reflex.echo_guard),
-                       reflex.judge if reflex.judge is not None else _shared_judge(), gate_factory=gate_factory)
+                       reflex.judge if reflex.judge is not None else shared_judge(), gate_factory=gate_factory)
         return reflex
 
     async def start(self, asr: AsrService | None = None, turns: TurnService | None = None) -> None:
@@ -173,7 +173,7 @@ class Reflex:
         loop = asyncio.get_running_loop()
         models = await loop.run_in_executor(None, lambda: GateModels(self.options, self.playout.sample_rate,
                                                                       echo_guard=self.echo_guard))
-        judge = self.judge if self.judge is not None else await loop.run_in_executor(None, _shared_judge)
+        judge = self.judge if self.judge is not None else await loop.run_in_executor(None, shared_judge)
         service = asr if asr is not None else await loop.run_in_executor(None, _shared_asr)
         self._attach(models, judge, service, turns=turns)
 
@@ -393,7 +393,8 @@ class Reflex:
 
 
 @functools.cache
-def _shared_judge() -> RelevanceJudge:
+def shared_judge() -> RelevanceJudge:
+    """The relevance model, loaded once per process and shared by every reflex."""
     from voicegate.gate.relevance import load_judge
 
     return load_judge()

@@ -106,6 +106,14 @@ PEER_NOTES = [
     "in its VAD StreamAdapter. aec_warmup_duration=None: LiveKit's default ignores every interruption for the "
     "first 3 s after the agent first speaks in a call, which would make most scenarios misses here. Its "
     "'adaptive' interruption model runs only in LiveKit Cloud and is left out.",
+    "pipecat-1.14+voicegate: voicegate's Pipecat processor pair (voicegate/integrations/pipecat.py) with Pipecat's "
+    "LLMUserAggregator (ExternalUserTurnStrategies(enable_interruptions=False)) between them, driven in Pipecat's "
+    "direct mode on the simulated clock; the bot's line enters as 40 ms TTSAudioRawFrames pushed at once, the pair's "
+    "playout clock ticks every 20 ms and what it pushes is what the caller hears; stops raise Pipecat's own "
+    "InterruptionFrame.",
+    "livekit-1.8+voicegate: a real AgentSession (vad=None, manual turns) with VoicegateSession attached (input tee, "
+    "output clock at the bottom of the output chain, session.interrupt() on a stop), in real time through the same "
+    "loudspeaker stand-in as livekit-1.8, three sessions at once; its playout clock ticks with the scenario's.",
 ]
 
 
@@ -213,7 +221,7 @@ def run_bench(quick: bool, out_dir: Path, corpus: Path | None = None,
                      for p in policies},
         "integrations": _integrations(rows, policies, plumbing_ms, audio_s_by_policy),
         "peers": {"versions": package_versions(), "skipped": skipped,
-                  "notes": PEER_NOTES if any(p in PEERS for p in policies) else []},
+                  "notes": PEER_NOTES if any(p in (*PEERS, *INTEGRATIONS) for p in policies) else []},
         "scenarios": per_scenario,
         "wall_secs": 0.0,
     }

@@ -26,9 +26,9 @@ from voicegate.config import PIPELINE_SAMPLE_RATE, Options, TurnOptions
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
 from voicegate.gate.driver import LiveGateDriver, asr_service, turn_service
-from voicegate.gate.relevance import RelevanceJudge, load_judge
+from voicegate.gate.relevance import RelevanceJudge
 from voicegate.media.playout import PlayoutTrack
-from voicegate.reflex import Reflex
+from voicegate.reflex import Reflex, shared_judge
 from voicegate.tasks import TaskOwner
 from voicegate.tts.base import Tts
 from voicegate.tts.espeak import EspeakTts
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 def shared_models(turn: TurnOptions) -> tuple[RelevanceJudge, AsrService, TurnService | None]:
     """The relevance judge, the reflex's transcript workers and the turn transcriber: loaded once per process,
     shared by every call."""
-    return load_judge(), asr_service(), turn_service(turn)
+    return shared_judge(), asr_service(), turn_service(turn)
 
 
 class CallCore:
