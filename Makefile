@@ -87,7 +87,7 @@ test: install peers nextjs
 PORTABLE_ENV := OPENBLAS_CORETYPE=Haswell CT2_FORCE_CPU_ISA=AVX2 VOICEGATE_ORT_GRAPH_OPT=disable
 NATIVE_ENV := -u OPENBLAS_CORETYPE -u CT2_FORCE_CPU_ISA -u VOICEGATE_ORT_GRAPH_OPT
 PORTABLE_TESTS := tests/test_gate.py tests/test_aec.py tests/test_asr.py tests/test_bench.py tests/test_relevance.py
-PORTABLE_BENCH := $(VENV)/bin/voicegate bench --quick --policies voicegate --modelled-clock
+PORTABLE_BENCH := TQDM_DISABLE=1 $(VENV)/bin/voicegate bench --quick --policies voicegate --modelled-clock
 test-portable: install
 	env $(PORTABLE_ENV) $(PY) -m pytest -q $(PORTABLE_TESTS)
 	env $(NATIVE_ENV) $(PORTABLE_BENCH) --out bench-out/portable/native >/dev/null
