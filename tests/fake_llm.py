@@ -23,7 +23,12 @@ class FakeLlm:
     status: int = 200
     break_after_tokens: int | None = None
     tts_status: int = 200
+    transcript: str = "a large oat milk latte please"
+    """What ``/v1/audio/transcriptions`` answers (with ``transcribe_status``)."""
+    transcribe_status: int = 200
     requests: list[dict[str, Any]] = field(default_factory=list)
+    transcriptions: list[dict[str, Any]] = field(default_factory=list)
+    """Each transcription request: model, language, audio bytes, whether the file is a WAV."""
     streams_started: int = 0
     streams_completed: int = 0
     disconnects: int = 0
@@ -38,6 +43,7 @@ class FakeLlm:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
 
@@ -88,3 +94,14 @@ class FakeLlm:
         t = np.arange(24_000 // 2) / 24_000
         pcm = (8000 * np.sin(2 * np.pi * 220 * t)).astype("<i2")
         return web.Response(body=pcm.tobytes(), content_type="application/octet-stream")
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        assert isinstance(upload, web.FileField)
+        audio = upload.file.read()
+        self.transcriptions.append({"model": form.get("model"), "language": form.get("language"),
+                                    "bytes": len(audio), "wav": audio[:4] == b"RIFF"})
+        if self.transcribe_status != 200:
+            return web.json_response({"error": {"message": "model overloaded"}}, status=self.transcribe_status)
+        return web.json_response({"text": self.transcript})

@@ -1,5 +1,5 @@
 """The turn transcriber: real spoken orders through Whisper base, through a real call to the LLM, and through an
-OpenAI-compatible transcription endpoint (a local fake: the one paid remote service here) with its fallback."""
+OpenAI-compatible transcription endpoint (tests/fake_llm.py: the one paid remote service here) with its fallback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_url
@@ -45,45 +44,13 @@ def test_whisper_base_hears_more_of_what_users_ask_than_the_reflex(shared_data: 
     assert base_score.rate >= tiny_score.rate and base_score.word_error_rate <= tiny_score.word_error_rate
 
 
-@dataclass
-class FakeTranscriptions:
-    """A local OpenAI-compatible ``/v1/audio/transcriptions``: answers ``text`` (or ``status``), records requests."""
-
-    text: str = "a large oat milk latte please"
-    status: int = 200
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    server: TestServer | None = None
-
-    @property
-    def base_url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.port}/v1"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-
-    async def _transcribe(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        upload = form["file"]
-        assert isinstance(upload, web.FileField)
-        audio = upload.file.read()
-        self.requests.append({"model": form.get("model"), "language": form.get("language"), "bytes": len(audio),
-                              "wav": audio[:4] == b"RIFF"})
-        if self.status != 200:
-            return web.json_response({"error": {"message": "model overloaded"}}, status=self.status)
-        return web.json_response({"text": self.text})
-
-
 @pytest.fixture
-async def transcriptions() -> AsyncIterator[FakeTranscriptions]:
-    fake = FakeTranscriptions()
+async def transcriptions() -> AsyncIterator[FakeLlm]:
+    """The local OpenAI-compatible server, here for its ``/v1/audio/transcriptions``."""
+    fake = FakeLlm()
     await fake.start()
     yield fake
-    assert fake.server is not None
-    await fake.server.close()
+    await fake.close()
 
 
 async def _result(service: TurnService, audio: np.ndarray) -> Any:
@@ -95,7 +62,7 @@ async def _result(service: TurnService, audio: np.ndarray) -> Any:
 
 
 async def test_openai_endpoint_transcribes_turns_and_whisper_base_takes_over_when_it_fails(
-        transcriptions: FakeTranscriptions, shared_data: Path) -> None:
+        transcriptions: FakeLlm, shared_data: Path) -> None:
     order = _orders(shared_data, 0, 1)[0]
     audio = turn_audio(load_audio(order.path, 16_000))
     service = TurnService(TurnOptions(engine="openai", base_url=transcriptions.base_url, api_key="k",
@@ -103,11 +70,11 @@ async def test_openai_endpoint_transcribes_turns_and_whisper_base_takes_over_whe
     try:
         ok = await _result(service, audio)
         assert ok.engine == "openai:whisper-large-v3" and ok.error is None
-        assert ok.transcript.text == transcriptions.text
-        sent = transcriptions.requests[-1]
+        assert ok.transcript.text == transcriptions.transcript
+        sent = transcriptions.transcriptions[-1]
         assert sent["model"] == "whisper-large-v3" and sent["language"] == "en" and sent["wav"]
         assert sent["bytes"] == 44 + 2 * len(audio)
-        transcriptions.status = 503
+        transcriptions.transcribe_status = 503
         failed = await _result(service, audio)
         assert failed.engine == "whisper-base" and failed.transcript is not None
         assert "503" in str(failed.error) or "overloaded" in str(failed.error)
@@ -187,8 +154,8 @@ async def test_the_llm_gets_the_turn_transcript_once_per_turn(shared_data: Path)
 
 
 async def test_a_failing_transcription_endpoint_is_reported_and_the_turn_still_arrives(
-        transcriptions: FakeTranscriptions, shared_data: Path) -> None:
-    transcriptions.status = 500
+        transcriptions: FakeLlm, shared_data: Path) -> None:
+    transcriptions.transcribe_status = 500
     llm = FakeLlm(reply="Okay.")
     await llm.start()
     options = Options(agent=AgentOptions(base_url=llm.base_url, api_key="k", model="m", greeting="Hi."),
@@ -205,4 +172,4 @@ async def test_a_failing_transcription_endpoint_is_reported_and_the_turn_still_a
     assert [e["stage"] for e in errors] == ["asr"] and "500" in errors[0]["message"]
     turn = next(e for e in caller.events if e["type"] == "user.turn")
     assert turn["engine"] == "whisper-base" and llm.requests[-1]["messages"][-1]["content"] == turn["text"]
-    assert transcriptions.requests, "the endpoint was asked first"
+    assert transcriptions.transcriptions, "the endpoint was asked first"

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from voicegate.asr.base import Transcript, UtteranceAsr
+from voicegate.audio.vad import WINDOW_SAMPLES
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, TurnOptions
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ def local_turn_engine(options: TurnOptions, engine: str | None = None) -> Uttera
         return WhisperAsr(decode, engine, options.language, options.beam_size, os.path.basename(engine.rstrip("/")))
     raise ValueError(f"unknown turn engine {engine!r}: whisper-base, whisper-tiny, openai, reflex, or a CTranslate2 "
                      "Whisper directory (with model.bin)")
+
+
+def speculate_windows(options: TurnOptions) -> int:
+    """:attr:`~voicegate.config.TurnOptions.speculate_after_ms` in 32 ms VAD windows (at least one): also the
+    margin a turn's audio keeps after its last voiced window."""
+    return max(1, round(options.speculate_after_ms * PIPELINE_SAMPLE_RATE / 1000 / WINDOW_SAMPLES))
 
 
 def wav_bytes(pcm: np.ndarray, sample_rate: int = PIPELINE_SAMPLE_RATE) -> bytes:
@@ -160,12 +167,6 @@ class TurnService:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def engine_name(self) -> str:
-        """The first engine's name once built (``options.engine`` before)."""
-        first = self._engines[0]
-        return first.name if first is not None and not isinstance(first, Exception) else self.options.engine
-
     def submit(self, audio: np.ndarray) -> TurnJob:
         """Queue a decode of ``audio`` (16 kHz s16); cancel the job to skip it if it has not started."""
         job = TurnJob(audio)
@@ -245,17 +246,13 @@ class CallTurns:
     def __init__(self, service: TurnService, audio: Callable[[int, int], np.ndarray], call_id: str,
                  on_error: Callable[[str, str, str], None] | None = None) -> None:
         self.service = service
-        self.speculate_after_windows = max(1, round(service.options.speculate_after_ms * PIPELINE_SAMPLE_RATE
-                                                    / 1000 / 512))
+        self.speculate_after_windows = speculate_windows(service.options)
         self.audio = audio
         self.call_id = call_id
         self.on_error = on_error
         self._jobs: dict[tuple[int, int], TurnJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self.reused = 0
-        """Turns whose decode had started before the turn was confirmed."""
-        self.decoded = 0
 
     def speculate(self, start_samples: int, end_samples: int) -> None:
         """The user fell silent at ``end_samples``: start the decode of the turn so far."""
@@ -278,7 +275,6 @@ class CallTurns:
             job = self.service.submit(self.audio(start_samples, end_samples))
         self._drop_stale(keep=None)
         confirmed = time.perf_counter()
-        self.reused += speculative
 
         def done(result: TurnResult) -> None:
             ready_ms = max(0.0, (time.perf_counter() - confirmed) * 1000)
@@ -294,7 +290,6 @@ class CallTurns:
                    audio_ms: float) -> None:
         if self._closed:
             return
-        self.decoded += 1
         if result.error is not None and self.on_error is not None:
             self.on_error("asr", "turn_engine_failed",
                           f"turn transcriber failed ({result.error}); "

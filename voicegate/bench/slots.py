@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from voicegate.bench.asr_eval import word_errors
+
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
          "seventeen eighteen nineteen").split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -69,15 +71,6 @@ def slot_heard(value: str, transcript: str) -> bool:
     return any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
-def _edits(a: list[str], b: list[str]) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
 def slot_word_errors(value: str, transcript: str) -> tuple[int, int]:
     """``(edits, words)``: the fewest word edits between ``value`` and any span of ``transcript``."""
     want = normalize_words(value)
@@ -87,7 +80,7 @@ def slot_word_errors(value: str, transcript: str) -> tuple[int, int]:
     best = len(want)
     for i in range(len(have)):
         for j in range(i + 1, min(len(have), i + 2 * len(want)) + 1):
-            best = min(best, _edits(want, have[i:j]))
+            best = min(best, word_errors(want, have[i:j]))
             if best == 0:
                 return 0, len(want)
     return best, len(want)

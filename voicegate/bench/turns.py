@@ -26,10 +26,11 @@ import numpy as np
 from aiohttp import web
 
 from voicegate.asr.base import UtteranceAsr
+from voicegate.asr.turns import speculate_windows
 from voicegate.audio.pcm import load_audio
 from voicegate.audio.vad import WINDOW_SAMPLES, SileroVad, VadDetector
 from voicegate.bench.slots import SlotScore, SpokenRequest, load_barista
-from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions, TurnOptions
 
 BARISTA = Path("speech/barista")
 
@@ -49,10 +50,11 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(float(np.percentile(values, 50)), 1), "p95": round(float(np.percentile(values, 95)), 1)}
 
 
-def turn_audio(pcm: np.ndarray, options: GateOptions | None = None, margin_windows: int = 5) -> np.ndarray:
+def turn_audio(pcm: np.ndarray, options: GateOptions | None = None, margin_windows: int | None = None) -> np.ndarray:
     """The audio a live call's turn transcriber gets for this clip: from 200 ms before the first speech onset the
     gate's VAD finds (after a second of silence, as in a call) to ``margin_windows`` after its last voiced window."""
     options = options or GateOptions()
+    margin_windows = speculate_windows(TurnOptions()) if margin_windows is None else margin_windows
     vad = VadDetector(options)
     lead = PIPELINE_SAMPLE_RATE
     audio = np.concatenate([np.zeros(lead, np.int16), pcm, np.zeros(PIPELINE_SAMPLE_RATE, np.int16)])
@@ -68,7 +70,7 @@ def turn_audio(pcm: np.ndarray, options: GateOptions | None = None, margin_windo
 
 
 def offline_engine(engine: UtteranceAsr, clips: list[SpokenRequest], rss_before_mb: float,
-                   margin_windows: int = 5) -> dict[str, Any]:
+                   margin_windows: int | None = None) -> dict[str, Any]:
     """Every clip through ``engine``, cut as a live turn is (:func:`turn_audio`); the score, the decode times and
     the memory it added."""
     score, times, rows = SlotScore(), [], []
@@ -156,8 +158,9 @@ class ChatRecorder:
 
 async def live_turn(url: str, clip: SpokenRequest, recorder: ChatRecorder) -> dict[str, Any]:
     """One clip as its own call over ``/ws``: what reached the LLM, and when."""
-    pcm = load_audio(clip.path, PIPELINE_SAMPLE_RATE)
-    end_secs = await asyncio.get_running_loop().run_in_executor(None, speech_end_secs, pcm)
+    loop = asyncio.get_running_loop()  # decoding and VAD off the loop: other calls stream in real time meanwhile
+    pcm = await loop.run_in_executor(None, load_audio, clip.path, PIPELINE_SAMPLE_RATE)
+    end_secs = await loop.run_in_executor(None, speech_end_secs, pcm)
     frame = PIPELINE_SAMPLE_RATE // 50
     events: list[dict[str, Any]] = []
     greeted = asyncio.Event()
