@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -12,8 +14,11 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_url
 from voicegate.audio.pcm import load_audio, resample
-from voicegate.audio.vad import WINDOW_SAMPLES, SileroVad, VadBatcher
+from voicegate.audio.vad import WINDOW_SAMPLES
 from voicegate.client import Caller, ClipTrack
+from voicegate.config import GateOptions
+from voicegate.gate.detectors import DetectorThread, Job
+from voicegate.gate.driver import GateModels, StepResult
 from voicegate.load import run_load
 from voicegate.media.inbound import DecodingJitterBuffer
 from voicegate.media.opus import OpusDecoder
@@ -31,37 +36,86 @@ def _streams(shared_data: Path) -> list[np.ndarray]:
                     for c in clips]
 
 
-@pytest.mark.parametrize("gather_ms", [0.0, 3.0])
-def test_batched_silero_gives_every_call_the_probabilities_it_gets_alone(shared_data: Path, gather_ms: float) -> None:
-    """Six calls' windows classified from six threads through one batcher: bit-identical to one run per call, and
-    the runs really were shared."""
+def _decisions(results: list[StepResult]) -> list[tuple[object, ...]]:
+    """Every window (probability, level, floor, verdict, event) and every spotted phrase of a call's chunks."""
+    return [(w, tuple(r.hits)) for r in results for w in r.windows]
+
+
+def test_batched_silero_gives_every_call_the_decisions_it_gets_alone(shared_data: Path) -> None:
+    """Six calls' 20 ms chunks through one detector drain per tick (Silero batched across the calls), two ticks
+    at a time for every other call (a backlog): every window's decision and every spotted phrase bit-identical to
+    each call stepped alone, the calls' chunks in order, and the runs really shared."""
     streams = _streams(shared_data)
+    chunk = 320
+    ticks = min(len(s) for s in streams) // chunk - 1
     alone = []
     for pcm in streams:
-        vad = SileroVad()
-        alone.append([vad(pcm[i:i + WINDOW_SAMPLES]) for i in range(0, len(pcm) - WINDOW_SAMPLES + 1,
-                                                                   WINDOW_SAMPLES)])
-    batcher = VadBatcher(gather_ms=gather_ms)
-    batched: list[list[float]] = [[] for _ in streams]
-    start = threading.Barrier(len(streams))
+        models = GateModels(GateOptions(), 16_000)
+        alone.append(_decisions([models.step(pcm[i * chunk:(i + 1) * chunk], 200.0) for i in range(ticks)]))
+    detectors = DetectorThread()
+    calls = [GateModels(GateOptions(), 16_000) for _ in streams]
+    batched: list[list[StepResult]] = [[] for _ in streams]
+    for i in range(0, ticks, 2):
+        jobs = []
+        for k, (models, pcm) in enumerate(zip(calls, streams, strict=True)):
+            for j in ((i, i + 1) if k % 2 else (i,)):
+                jobs.append(Job(models, pcm[j * chunk:(j + 1) * chunk], 200.0, None, None))
+        for job, result, exc in detectors.drain(jobs):
+            assert exc is None and result is not None
+            batched[calls.index(job.models)].append(result)
+        for k in range(0, len(streams), 2):  # the even calls catch up on their second chunk alone
+            (_, result, _), = detectors.drain([Job(calls[k], streams[k][(i + 1) * chunk:(i + 2) * chunk], 200.0,
+                                                   None, None)])
+            assert result is not None
+            batched[k].append(result)
+    assert [_decisions(b) for b in batched] == alone, "a batched call decided differently from the call alone"
+    windows = sum(len(a) for a in alone)
+    assert detectors.windows == windows
+    assert detectors.runs < 0.6 * windows, (detectors.runs, windows)
+    assert sum(w.prob >= 0.5 for a in alone for w, _ in a) > 50, "the recordings hold speech"
 
-    def run(k: int) -> None:
-        vad = SileroVad(batcher)
-        start.wait()
-        pcm = streams[k]
-        for i in range(0, len(pcm) - WINDOW_SAMPLES + 1, WINDOW_SAMPLES):
-            batched[k].append(vad(pcm[i:i + WINDOW_SAMPLES]))
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(streams))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert batched == alone, "a batched window's probability differs from its run alone"
-    assert batcher.windows == sum(len(a) for a in alone)
-    # Without a gather, runs are shared only when windows meet (the threads here never wait); with one, most are.
-    assert batcher.runs < (0.95 if gather_ms == 0 else 0.5) * batcher.windows, (batcher.runs, batcher.windows)
-    assert sum(p >= 0.5 for a in alone for p in a) > 50, "the recordings hold speech"
+async def test_detector_thread_delivers_each_calls_chunks_in_order_on_its_loop(shared_data: Path) -> None:
+    """Chunks submitted from the loop (several calls, several chunks each at once) come back on the loop, in each
+    call's order, with the same decisions as the calls stepped alone; a failing step reaches only its own call."""
+    loop = asyncio.get_running_loop()
+    streams = _streams(shared_data)[:3]
+    chunk, ticks = 320, 150
+    alone = []
+    for pcm in streams:
+        models = GateModels(GateOptions(), 16_000)
+        alone.append(_decisions([models.step(pcm[i * chunk:(i + 1) * chunk], 200.0) for i in range(ticks)]))
+    detectors = DetectorThread()
+    calls = [GateModels(GateOptions(), 16_000) for _ in streams]
+    broken = GateModels(GateOptions(), 16_000)
+    broken.kws = None  # type: ignore[assignment]  # a detector that fails on every chunk
+    got: list[list[StepResult]] = [[] for _ in streams]
+    threads: set[str] = set()
+    failures: list[BaseException] = []
+    finished = asyncio.Event()
+
+    def keep(k: int) -> Callable[[StepResult | None, BaseException | None], None]:
+        def deliver(result: StepResult | None, exc: BaseException | None) -> None:
+            threads.add(threading.current_thread().name)
+            if exc is not None:
+                failures.append(exc)
+            else:
+                assert result is not None
+                got[k].append(result)
+            if sum(len(g) for g in got) == len(streams) * ticks and len(failures) == ticks // 5:
+                finished.set()
+        return deliver
+
+    for i in range(0, ticks, 5):
+        for k, (models, pcm) in enumerate(zip(calls, streams, strict=True)):
+            for j in range(i, i + 5):
+                detectors.submit(Job(models, pcm[j * chunk:(j + 1) * chunk], 200.0, loop, keep(k)))
+        detectors.submit(Job(broken, streams[0][:chunk], 200.0, loop, keep(0)))
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(finished.wait(), 30)
+    assert threads == {threading.current_thread().name}, "results must land on the loop's thread"
+    assert [_decisions(g) for g in got] == alone
+    assert len(failures) == ticks // 5
 
 
 def test_opus_decoded_at_16k_matches_the_48k_decode_resampled(shared_data: Path) -> None:

@@ -18,8 +18,9 @@ over the caller's turn as text. It emits the server's events (``bot.paused``, ``
     ...
     frame = reflex.next_bot_frame()                     # every 20 ms: what the caller may hear now
 
-One reflex serves one call. The same object runs on two clocks: *live* (the default: models run on the call's own
-thread, transcripts on the process's shared Whisper workers, decisions land on the event loop) and *simulated*
+One reflex serves one call. The same object runs on two clocks: *live* (the default: models run on the process's
+detector thread, Silero batched across calls, transcripts on the process's shared Whisper workers, decisions land on
+the event loop) and *simulated*
 (:meth:`Reflex.simulated`, the benchmark's media clock: each decision is stamped at its audio's end plus the compute
 it really took). The server's call core, the benchmark and the Pipecat / LiveKit integrations
 (:mod:`voicegate.integrations`) are all callers of this class.
@@ -41,7 +42,6 @@ from voicegate.asr.base import UtteranceAsr
 from voicegate.asr.scheduler import AsrService
 from voicegate.asr.turns import TurnService
 from voicegate.audio.pcm import StreamResampler
-from voicegate.audio.vad import vad_batcher
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, PlayoutOptions
 from voicegate.events import EventBus, Listener, MediaClock, SimClock
 from voicegate.gate.controller import DuplexController, DuplexState
@@ -187,7 +187,6 @@ class Reflex:
             assert self._asr is not None
             self.driver = OfflineGateDriver(models, self.gate, self._asr, self._asr_options, on_error=self._error)
         else:
-            models.vad.vad.batcher = vad_batcher()  # Silero runs batched with the process's other calls
             self.driver = LiveGateDriver(models, self.gate, service, self.call_id, self.clock.now_ms, turns)
             self.driver.on_error = self._error
         if models.echo is not None:

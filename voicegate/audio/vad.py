@@ -1,8 +1,9 @@
 """Silero VAD on onnxruntime (one intra-op thread, per-call state) with hysteresis and a noise-floor gate.
 
-In the server the windows of all the calls of a process share ONNX runs (:class:`VadBatcher`): Silero's ONNX graph
-takes a batch of windows with one recurrent state per row, and a row's output and new state are bit-identical to
-those of a run of that row alone, so batching changes no decision.
+In the server the windows of all the calls of a process share ONNX runs (:func:`silero_batch`, driven by
+:class:`~voicegate.gate.detectors.DetectorThread`): Silero's ONNX graph takes a batch of windows with one recurrent
+state per row, and a row's output and new state are bit-identical to those of a run of that row alone, so batching
+changes no decision.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import functools
 import importlib.util
 import math
 import os
-import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,115 +53,55 @@ def _session() -> object:
     return ort.InferenceSession(str(silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-class _Request:
-    """One window waiting for a batched run (``done`` is released when its result, or the lead, is handed over)."""
+@dataclass
+class VadQuery:
+    """One window waiting for Silero: its input row (``[1, 576]``, the window after its 64 samples of context) and
+    its stream's recurrent state (``[2, 1, 128]``)."""
 
-    __slots__ = ("done", "error", "lead", "prob", "state", "x")
-
-    def __init__(self, x: np.ndarray, state: np.ndarray) -> None:
-        self.x = x
-        self.state = state
-        self.prob = 0.0
-        self.error: BaseException | None = None
-        self.lead = False
-        self.done = threading.Lock()
-        self.done.acquire()
+    x: np.ndarray
+    state: np.ndarray
 
 
-class VadBatcher:
-    """Runs Silero once for the windows of many calls (any threads): flat combining, plus an optional gather.
+@dataclass
+class VadAnswer:
+    """Silero's answer to a :class:`VadQuery`: the probability, the stream's next state, and this window's share of
+    the run's compute."""
 
-    A call thread that needs a window's probability queues it; if no run is in progress it leads: it waits up to
-    ``gather_ms`` for other calls' windows (0: not at all), then runs every queued window in one ONNX run
-    (``[B, 576]`` input, ``[2, B, 128]`` state) and hands each caller its row; windows that arrive during a run go
-    into the next one, led by the first of them. With ``gather_ms=0`` a window never waits for more than the run in
-    progress, and batches grow only as the process gets busy; with ``gather_ms`` ≥ 32 every call's window of a
-    32 ms tick shares one run, at the price of up to that much delay on every VAD decision (a pause included). A
-    row's result is bit-identical to running it alone (``tests/test_capacity.py``), so no decision changes.
-    """
-
-    def __init__(self, max_batch: int = 64, gather_ms: float = 0.0) -> None:
-        self.max_batch = max_batch
-        self.gather_ms = gather_ms
-        self._session = _session()
-        self._sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
-        self._lock = threading.Lock()
-        self._pending: list[_Request] = []
-        self._busy = False
-        self.runs = 0
-        """ONNX runs so far."""
-        self.windows = 0
-        """Windows classified so far (``windows / runs``: the mean batch)."""
-
-    def infer(self, x: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
-        """Speech probability of one window (``x``: ``[1, 576]`` with its context) and the stream's next state."""
-        request = _Request(x, state)
-        with self._lock:
-            self._pending.append(request)
-            lead = not self._busy
-            self._busy = True
-        if not lead:
-            request.done.acquire()  # until a run has classified it, or until it is this thread's turn to lead
-            lead = request.lead
-        if lead:
-            self._lead()
-        if request.error is not None:
-            raise request.error
-        return request.prob, request.state
-
-    def _lead(self) -> None:
-        """Run every queued window (this thread's is first), then hand the lead to the first that came meanwhile."""
-        if self.gather_ms > 0:
-            time.sleep(self.gather_ms / 1000)
-        with self._lock:
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-        try:
-            if len(batch) == 1:
-                x, state = batch[0].x, batch[0].state
-            else:
-                x = np.concatenate([r.x for r in batch], axis=0)
-                state = np.concatenate([r.state for r in batch], axis=1)
-            out, new_state = self._session.run(  # type: ignore[attr-defined]
-                None, {"input": x, "state": state, "sr": self._sr})
-            for i, r in enumerate(batch):
-                r.prob = float(out[i][0])
-                r.state = new_state if len(batch) == 1 else np.ascontiguousarray(new_state[:, i:i + 1, :])
-        except BaseException as exc:  # every caller of this run sees the failure
-            for r in batch:
-                r.error = exc
-        with self._lock:
-            self.runs += 1
-            self.windows += len(batch)
-            successor = self._pending[0] if self._pending else None
-            if successor is None:
-                self._busy = False
-            else:
-                successor.lead = True
-        for r in batch[1:]:
-            r.done.release()
-        if successor is not None:
-            successor.done.release()
+    prob: float
+    state: np.ndarray
+    compute_ms: float
 
 
-@functools.cache
-def vad_batcher() -> VadBatcher | None:
-    """The process's :class:`VadBatcher` (``VOICEGATE_VAD_BATCH=0``: none, every call runs Silero alone;
-    ``VOICEGATE_VAD_BATCH_MS``: its gather wait, default 0)."""
-    if os.environ.get("VOICEGATE_VAD_BATCH", "1") == "0":
-        return None
-    return VadBatcher(gather_ms=float(os.environ.get("VOICEGATE_VAD_BATCH_MS", "0")))
+def silero_batch(queries: list[VadQuery]) -> list[tuple[float, np.ndarray]]:
+    """Classify the windows of several streams in one ONNX run (``[B, 576]`` input, ``[2, B, 128]`` state): each
+    row's probability and next state are bit-identical to a run of that row alone (``tests/test_capacity.py``), so
+    batching changes no decision. Returns ``(probability, next state)`` per query, in order."""
+    session = _session()
+    sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
+    if len(queries) == 1:
+        out, state = session.run(None, {"input": queries[0].x, "state": queries[0].state, "sr": sr})  # type: ignore[attr-defined]
+        return [(float(out[0][0]), state)]
+    x = np.concatenate([q.x for q in queries], axis=0)
+    states = np.concatenate([q.state for q in queries], axis=1)
+    out, new_states = session.run(None, {"input": x, "state": states, "sr": sr})  # type: ignore[attr-defined]
+    return [(float(out[i][0]), np.ascontiguousarray(new_states[:, i:i + 1, :])) for i in range(len(queries))]
+
+
+def vad_batch_limit() -> int:
+    """The most windows one Silero run takes (``VOICEGATE_VAD_BATCH=0``: 1, every window runs alone)."""
+    return 1 if os.environ.get("VOICEGATE_VAD_BATCH", "1") == "0" else 64
 
 
 class SileroVad:
     """Speech probability of each 512-sample window; the model is shared, the recurrent state is per call.
 
-    With a ``batcher`` the window is classified in a run shared with other calls' windows (same result).
+    :meth:`query` / :meth:`commit` split one window's classification in two, so that a caller can run many calls'
+    windows in one ONNX run (:func:`silero_batch`) in between; ``__call__`` runs one window alone.
     """
 
-    def __init__(self, batcher: VadBatcher | None = None) -> None:
+    def __init__(self) -> None:
         self._session = _session()
         self._sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
-        self.batcher = batcher
         self.reset()
 
     def reset(self) -> None:
@@ -170,17 +109,24 @@ class SileroVad:
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
         self._context = np.zeros((1, _CONTEXT_SAMPLES), dtype=np.float32)
 
-    def __call__(self, window: np.ndarray) -> float:
-        """Probability that ``window`` (512 samples, s16 or float in [-1, 1]) is speech."""
+    def query(self, window: np.ndarray) -> VadQuery:
+        """The model input for ``window`` (512 samples, s16 or float in [-1, 1]); the next :meth:`query` must wait
+        for this one's :meth:`commit`."""
         x = window.astype(np.float32).reshape(1, -1)
         if window.dtype == np.int16:
             x /= 32768.0
         x = np.concatenate([self._context, x], axis=1)
         self._context = x[:, -_CONTEXT_SAMPLES:]
-        if self.batcher is not None:
-            prob, self._state = self.batcher.infer(x, self._state)
-            return prob
-        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})  # type: ignore[attr-defined]
+        return VadQuery(x, self._state)
+
+    def commit(self, state: np.ndarray) -> None:
+        """The state the model returned for the last :meth:`query`."""
+        self._state = state
+
+    def __call__(self, window: np.ndarray) -> float:
+        """Probability that ``window`` (512 samples, s16 or float in [-1, 1]) is speech."""
+        query = self.query(window)
+        out, self._state = self._session.run(None, {"input": query.x, "state": query.state, "sr": self._sr})  # type: ignore[attr-defined]
         return float(out[0][0])
 
 
@@ -240,10 +186,15 @@ class VadDetector:
         """Classify one 512-sample window (``is_echo``: the echo guard says it is the bot's own voice;
         ``doubtful``: it says the window is not echo, but only just — such a window starts speech only when the
         next window is voiced too, so a single window of echo residue never pauses the bot)."""
-        level = dbfs_window(window)
         # Silero runs on every window, silence included: its recurrent state keeps drifting over seconds of silence
         # and skipping windows measurably moves later onsets (by a window or two); the model is the cheap part.
-        prob = self.vad(window)
+        return self.decide(window, self.vad(window), is_echo, hangover_ms, doubtful)
+
+    def decide(self, window: np.ndarray, prob: float, is_echo: bool = False, hangover_ms: float | None = None,
+               doubtful: bool = False) -> VadWindow:
+        """:meth:`step` for a window whose Silero probability is known (it ran in a batch: ``self.vad.query`` then
+        ``self.vad.commit``)."""
+        level = dbfs_window(window)
         floor = self._floor(level)
         loud = level >= max(self.options.min_speech_dbfs, floor + self.options.noise_floor_margin_db)
         voiced = prob >= self.options.vad_onset_threshold and loud and not is_echo
@@ -267,7 +218,6 @@ class VadDetector:
                 self._run = 0
                 event = "end"
         return VadWindow(self._position, prob, level, floor, voiced, event, self._segment_start)
-
 
     def _floor(self, level: float) -> float:
         """Add ``level``; the 10th percentile (linear, as ``np.percentile``) of the last 3 s of levels."""

@@ -9,11 +9,10 @@ really took*.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,8 +23,9 @@ from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
 from voicegate.asr.turns import CallTurns, TurnService
 from voicegate.audio.echo import EchoControl
-from voicegate.audio.vad import WINDOW_SAMPLES, VadDetector, VadWindow
+from voicegate.audio.vad import WINDOW_SAMPLES, VadAnswer, VadDetector, VadQuery, VadWindow, silero_batch
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, TurnOptions, options_from_env
+from voicegate.gate.detectors import DetectorThread, Job, detector_thread
 from voicegate.gate.reflex import Gate
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,23 @@ class GateModels:
             self.echo.add_outbound(pcm)
 
     def step(self, pcm: np.ndarray, hangover_ms: float) -> StepResult:
-        """Cancel the echo, then run the keyword spotter and VAD (per 512-sample window) with the echo guard."""
+        """Cancel the echo, then run the keyword spotter and VAD (per 512-sample window) with the echo guard; each
+        window through Silero alone."""
+        steps = self.steps(pcm, hangover_ms)
+        try:
+            query = next(steps)
+            while True:
+                t0 = time.perf_counter()
+                (prob, state), = silero_batch([query])
+                query = steps.send(VadAnswer(prob, state, (time.perf_counter() - t0) * 1000))
+        except StopIteration as done:
+            result: StepResult = done.value
+            return result
+
+    def steps(self, pcm: np.ndarray, hangover_ms: float) -> Generator[VadQuery, VadAnswer, StepResult]:
+        """:meth:`step` as a generator that yields each window's Silero input and is sent back its answer, so that
+        the caller can run many calls' windows in one ONNX run (:class:`~voicegate.gate.detectors.DetectorThread`);
+        every other step is the same, in the same order, so the result is too."""
         result = StepResult()
         t0 = time.perf_counter()
         if self.echo is not None:
@@ -123,9 +139,14 @@ class GateModels:
                     doubtful = self.echo.doubtful
             t4 = time.perf_counter()
             result.echo_ms += (t4 - t3) * 1000
-            result.windows.append(self.vad.step(window, is_echo, hangover_ms, doubtful))
-            result.echo_scores.append(score)
+            query = self.vad.vad.query(window)
             result.vad_ms += (time.perf_counter() - t4) * 1000
+            answer = yield query
+            t5 = time.perf_counter()
+            self.vad.vad.commit(answer.state)
+            result.windows.append(self.vad.decide(window, answer.prob, is_echo, hangover_ms, doubtful))
+            result.echo_scores.append(score)
+            result.vad_ms += (time.perf_counter() - t5) * 1000 + answer.compute_ms
         self._raw, self._clean = self._raw[consumed:], self._clean[consumed:]
         aec = self.echo.aec if self.echo is not None else None
         if aec is not None:
@@ -163,20 +184,23 @@ class GateModels:
 
 
 class LiveGateDriver:
-    """Feeds a call's inbound chunks through the models (in the call's own thread) and the gate (on the loop).
+    """Feeds a call's inbound chunks through the models (on the process's
+    :class:`~voicegate.gate.detectors.DetectorThread`, Silero batched with the other calls) and the gate (on the
+    loop).
 
     Transcripts are decoded by the process's :class:`~voicegate.asr.scheduler.AsrService`; results hop back to
     the event loop with ``call_soon_threadsafe``.
     """
 
     def __init__(self, models: GateModels, gate: Gate, service: AsrService, call_id: str,
-                 now_ms: Callable[[], float], turn_service: TurnService | None = None) -> None:
+                 now_ms: Callable[[], float], turn_service: TurnService | None = None,
+                 detectors: DetectorThread | None = None) -> None:
         self.models = models
         self.gate = gate
         self.service = service
         self.call_id = call_id
         self.now_ms = now_ms
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicegate-call")
+        self.detectors = detectors or detector_thread()
         gate.request_transcript = self._request
         self.cpu_ms = {"vad": 0.0, "kws": 0.0, "echo": 0.0, "asr": 0.0}
         self.on_error: Callable[[str, str, str], None] | None = None
@@ -196,10 +220,25 @@ class LiveGateDriver:
             self.on_error(stage, cause, message)
 
     async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
-        """Run one chunk; decisions are applied on the event loop as soon as the models return."""
+        """Run one chunk; its decisions are applied on the event loop as soon as the models return (before this
+        returns). Raises what the models raised."""
         loop = self._loop = asyncio.get_running_loop()
         self.models.kws_enabled = spotter_wanted(self.gate)
-        result = await loop.run_in_executor(self.executor, self.models.step, pcm, self.gate.hangover_ms)
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def deliver(result: StepResult | None, exc: BaseException | None) -> None:
+            if result is not None and not self._closed:
+                self._apply(result, received_ms)
+            if not finished.done():
+                if exc is not None:
+                    finished.set_exception(exc)
+                else:
+                    finished.set_result(None)
+
+        self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop, deliver))
+        await finished
+
+    def _apply(self, result: StepResult, received_ms: float | None) -> None:
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
         for stage, ms in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
@@ -237,15 +276,16 @@ class LiveGateDriver:
         deliver_result(self.gate, self.cpu_ms, req, transcript, cause, self.now_ms(), self.on_error)
 
     def close(self) -> None:
-        """Release the call's thread, its echo canceller and whatever it still had queued for transcription."""
+        """Stop applying results; release the echo canceller and whatever the call still had queued for
+        transcription."""
         self._closed = True
         self.service.drop_call(self.call_id)
         if self.turns is not None:
             self.turns.close()
         if self.models.echo is not None:
-            # On the gate thread, after any step in flight: the native canceller must not vanish under it.
-            self.executor.submit(self.models.echo.close)
-        self.executor.shutdown(wait=False)
+            # On the detector thread, after any step of this call in flight: the native canceller must not vanish
+            # under it.
+            self.detectors.submit(Job(self.models, None, 0.0, None, None, action=self.models.echo.close))
 
 
 def spotter_wanted(gate: Gate) -> bool:

@@ -48,14 +48,13 @@ class Metrics:
         self.threads = Gauge("voicegate_threads", "Python threads", registry=r)
         self.threads.set_function(threading.active_count)
         self.tasks = Gauge("voicegate_asyncio_tasks", "Pending asyncio tasks", registry=r)
-        from voicegate.audio.vad import vad_batcher
+        from voicegate.gate.detectors import detector_thread
 
-        batcher = vad_batcher()
-        if batcher is not None:  # the process's shared Silero runs (windows / runs: the mean batch)
-            Gauge("voicegate_vad_onnx_runs", "Silero ONNX runs in this process (all calls)",
-                  registry=r).set_function(lambda: batcher.runs)
-            Gauge("voicegate_vad_windows", "Silero windows classified in this process (all calls)",
-                  registry=r).set_function(lambda: batcher.windows)
+        detectors = detector_thread()  # the process's shared Silero runs (windows / runs: the mean batch)
+        Gauge("voicegate_vad_onnx_runs", "Silero ONNX runs in this process (all calls)",
+              registry=r).set_function(lambda: detectors.runs)
+        Gauge("voicegate_vad_windows", "Silero windows classified in this process (all calls)",
+              registry=r).set_function(lambda: detectors.windows)
 
     def observe(self, event: dict[str, Any]) -> None:
         """Update the series from one call event."""

@@ -1,0 +1,199 @@
+"""The process's detector thread: every live call's chunks through its models, Silero batched across calls.
+
+A call's inbound chunk is a :class:`Job` on one queue. The thread takes every job that is waiting, steps each
+call's models (:meth:`GateModels.steps <voicegate.gate.driver.GateModels.steps>`: echo canceller, keyword spotter,
+echo guard) up to the point where a window needs Silero, runs all those windows in **one** ONNX run
+(:func:`~voicegate.audio.vad.silero_batch`, bit-identical to one run per window), hands each its answer, and goes on
+until every job is done; the results go back to each event loop in one ``call_soon_threadsafe`` per drain.
+
+Against a thread per call fed through ``run_in_executor``, a chunk costs no executor future, no thread wake-up
+while the thread is busy and no loop wake-up of its own; Silero's runs grow with the load (a quiet process runs
+each window as it comes, a busy one batches whatever arrived meanwhile), so no decision waits for a batch to fill.
+The jobs of one call run in the order they were submitted, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from voicegate.audio.vad import VadAnswer, VadQuery, silero_batch, vad_batch_limit
+
+if TYPE_CHECKING:
+    from voicegate.gate.driver import GateModels, StepResult
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[["StepResult | None", "BaseException | None"], None]
+"""Called on the job's event loop with the step's result, or the exception it raised."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One chunk of one call (``pcm``), or, with ``pcm=None``, ``action`` run on the thread after the call's earlier
+    chunks (releasing native state that a step in flight may still use)."""
+
+    models: GateModels
+    pcm: np.ndarray | None
+    hangover_ms: float
+    loop: asyncio.AbstractEventLoop | None
+    deliver: Deliver | None
+    action: Callable[[], None] | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class _Lane:
+    """The waiting jobs of one call, and the one in progress."""
+
+    __slots__ = ("gen", "job", "jobs")
+
+    def __init__(self) -> None:
+        self.jobs: deque[Job] = deque()
+        self.job: Job | None = None
+        self.gen: Generator[VadQuery, VadAnswer, StepResult] | None = None
+
+
+class DetectorThread:
+    """One daemon thread that runs every live call's detectors (see the module's docstring)."""
+
+    def __init__(self, max_batch: int | None = None) -> None:
+        self.max_batch = max_batch if max_batch is not None else vad_batch_limit()
+        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.runs = 0
+        """Silero runs so far (all calls)."""
+        self.windows = 0
+        """Windows classified so far (``windows / runs``: the mean batch)."""
+        self.jobs = 0
+        """Jobs done so far."""
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` (any thread); its result is delivered on ``job.loop``."""
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="voicegate-detectors", daemon=True)
+                    self._thread.start()
+        self._queue.put(job)
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while True:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.drain(jobs)
+            except BaseException:  # never lose the thread: every call of the process depends on it
+                log.exception("the detector thread failed on a batch")
+
+    def drain(self, jobs: list[Job]) -> list[tuple[Job, StepResult | None, BaseException | None]]:
+        """Run ``jobs`` to completion (calls' jobs in order), Silero batched across calls; then deliver each result
+        on its job's loop. Returns ``(job, result, exception)`` for every chunk, in the order they finished."""
+        lanes: dict[int, _Lane] = {}
+        for job in jobs:
+            lanes.setdefault(id(job.models), _Lane()).jobs.append(job)
+        done: list[tuple[Job, StepResult | None, BaseException | None]] = []
+        waiting: list[tuple[_Lane, VadQuery]] = []
+        for lane in lanes.values():
+            query = self._advance(lane, None, done)
+            if query is not None:
+                waiting.append((lane, query))
+        while waiting:
+            batch, waiting = waiting[:self.max_batch], waiting[self.max_batch:]
+            t0 = time.perf_counter()
+            try:
+                answers = silero_batch([q for _, q in batch])
+            except BaseException as exc:
+                for lane, _ in batch:
+                    self._fail(lane, exc, done)
+                    query = self._advance(lane, None, done)
+                    if query is not None:
+                        waiting.append((lane, query))
+                continue
+            share_ms = (time.perf_counter() - t0) * 1000 / len(batch)
+            self.runs += 1
+            self.windows += len(batch)
+            for (lane, _), (prob, state) in zip(batch, answers, strict=True):
+                query = self._advance(lane, VadAnswer(prob, state, share_ms), done)
+                if query is not None:
+                    waiting.append((lane, query))
+        self.jobs += len(done)
+        self._deliver(done)
+        return done
+
+    def _advance(self, lane: _Lane, answer: VadAnswer | None,
+                 done: list[tuple[Job, StepResult | None, BaseException | None]]) -> VadQuery | None:
+        """Step the lane's current job with ``answer`` (or start its next job) until it needs Silero (the query) or
+        the lane has no job left (None)."""
+        while True:
+            if lane.gen is None:
+                if not lane.jobs:
+                    return None
+                job = lane.job = lane.jobs.popleft()
+                if job.pcm is None:
+                    try:
+                        if job.action is not None:
+                            job.action()
+                    except Exception:
+                        log.exception("a detector clean-up failed")
+                    lane.job = None
+                    continue
+                lane.gen = job.models.steps(job.pcm, job.hangover_ms)
+                answer = None
+            try:
+                return next(lane.gen) if answer is None else lane.gen.send(answer)
+            except StopIteration as stop:
+                assert lane.job is not None
+                done.append((lane.job, stop.value, None))
+            except Exception as exc:
+                assert lane.job is not None
+                done.append((lane.job, None, exc))
+            lane.gen, lane.job, answer = None, None, None
+
+    def _fail(self, lane: _Lane, exc: BaseException,
+              done: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+        assert lane.job is not None and lane.gen is not None
+        lane.gen.close()
+        done.append((lane.job, None, exc))
+        lane.gen, lane.job = None, None
+
+    @staticmethod
+    def _deliver(done: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, StepResult | None, BaseException | None]]] = {}
+        for item in done:
+            if item[0].loop is not None and item[0].deliver is not None:
+                by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, items)
+            except RuntimeError:  # that loop has closed: its calls are gone
+                pass
+
+
+def _deliver_all(items: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+    for job, result, exc in items:
+        assert job.deliver is not None
+        try:
+            job.deliver(result, exc)
+        except Exception:
+            log.exception("applying a detector result failed")
+
+
+@functools.cache
+def detector_thread() -> DetectorThread:
+    """The process's detector thread, shared by every live call (started on the first chunk)."""
+    return DetectorThread()
