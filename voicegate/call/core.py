@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,10 +23,10 @@ from voicegate.agent.demo import DemoAssistant
 from voicegate.agent.llm import LlmAgent
 from voicegate.asr.scheduler import AsrService
 from voicegate.asr.turns import TurnService
-from voicegate.config import PIPELINE_SAMPLE_RATE, Options, TurnOptions
+from voicegate.config import PIPELINE_SAMPLE_RATE, GateOptions, Options, TurnOptions
 from voicegate.events import EventBus, MediaClock
 from voicegate.gate.controller import DuplexController
-from voicegate.gate.driver import LiveGateDriver, asr_service, turn_service
+from voicegate.gate.driver import GateModels, LiveGateDriver, asr_service, turn_service
 from voicegate.gate.relevance import RelevanceJudge
 from voicegate.media.playout import PlayoutTrack
 from voicegate.reflex import Reflex, shared_judge
@@ -37,11 +38,23 @@ from voicegate.tts.openai_tts import FallbackTts, OpenAiTts
 log = logging.getLogger(__name__)
 
 
-@functools.cache
+_models_lock = threading.Lock()
+
+
 def shared_models(turn: TurnOptions) -> tuple[RelevanceJudge, AsrService, TurnService | None]:
-    """The relevance judge, the reflex's transcript workers and the turn transcriber: loaded once per process,
-    shared by every call."""
-    return shared_judge(), asr_service(), turn_service(turn)
+    """The relevance judge, the reflex's transcript workers and the turn transcriber: loaded once per process
+    (by the first caller; the others wait for it), shared by every call. Blocking: call it off the loop."""
+    with _models_lock:
+        return _load_models(turn)
+
+
+@functools.cache
+def _load_models(turn: TurnOptions) -> tuple[RelevanceJudge, AsrService, TurnService | None]:
+    judge, service, turns = shared_judge(), asr_service(), turn_service(turn)
+    warm = GateModels(GateOptions(), PIPELINE_SAMPLE_RATE)  # Silero's session and PocketSphinx's files, warm
+    if warm.echo is not None:
+        warm.echo.close()
+    return judge, service, turns
 
 
 class CallCore:

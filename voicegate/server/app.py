@@ -6,16 +6,17 @@ touch another call.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from voicegate.call.core import CallCore
+from voicegate.call.core import CallCore, shared_models
 from voicegate.config import Options
 from voicegate.server.metrics import Metrics
 from voicegate.server.session import Session
@@ -194,7 +195,9 @@ async def _socket_call(request: web.Request, make_call: Callable[[web.WebSocketR
     if len(request.app[SESSIONS]) >= options.server.max_sessions:
         return _error(503, f"at capacity: {options.server.max_sessions} calls (VOICEGATE_MAX_SESSIONS)",
                       **{"Retry-After": "5"})
-    socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
+    # No permessage-deflate: audio barely compresses, and deflating every 20 ms frame (and inflating every one the
+    # client sends) cost more CPU than the rest of the socket path.
+    socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0, compress=False)
     if not socket.can_prepare(request).ok:
         return _error(426, f"GET {request.path} expects a WebSocket upgrade ({upgrade_hint})")
     await socket.prepare(request)
@@ -281,5 +284,19 @@ def create_app(options: Options | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.on_startup.append(_preload_models)
     app.on_shutdown.append(_close_sessions)
     return app
+
+
+async def _preload_models(app: web.Application) -> None:
+    """Load the shared models in the background as the server starts, so the first calls neither wait for them nor
+    pay for them (a call that comes sooner waits for the same load)."""
+    loop = asyncio.get_running_loop()
+    task = loop.run_in_executor(None, shared_models, app[OPTIONS].turn)
+    task.add_done_callback(_preloaded)
+
+
+def _preloaded(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("preloading the models failed (each call will retry): %s", future.exception())
