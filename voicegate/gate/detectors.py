@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import queue
 import threading
 import time
@@ -66,8 +67,11 @@ class _Lane:
 class DetectorThread:
     """One daemon thread that runs every live call's detectors (see the module's docstring)."""
 
-    def __init__(self, max_batch: int | None = None) -> None:
+    def __init__(self, max_batch: int | None = None, tick_ms: float | None = None) -> None:
         self.max_batch = max_batch if max_batch is not None else vad_batch_limit()
+        self.tick_ms = tick_ms if tick_ms is not None else detector_tick_ms()
+        """A chunk that finds the thread idle waits for the next multiple of this on the monotonic clock, so that the
+        chunks of other calls that arrive meanwhile share its drain (one wake-up, one Silero run); 0: none."""
         self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -88,8 +92,11 @@ class DetectorThread:
         self._queue.put(job)
 
     def _run(self) -> None:
+        tick_secs = self.tick_ms / 1000
         while True:
             jobs = [self._queue.get()]
+            if tick_secs > 0:  # gather the other calls' chunks until the next tick of the process's grid
+                time.sleep(tick_secs - time.monotonic() % tick_secs)
             while True:
                 try:
                     jobs.append(self._queue.get_nowait())
@@ -191,6 +198,11 @@ def _deliver_all(items: list[tuple[Job, StepResult | None, BaseException | None]
             job.deliver(result, exc)
         except Exception:
             log.exception("applying a detector result failed")
+
+
+def detector_tick_ms() -> float:
+    """``VOICEGATE_DETECTOR_TICK_MS`` (default 10): see :attr:`DetectorThread.tick_ms`."""
+    return float(os.environ.get("VOICEGATE_DETECTOR_TICK_MS", "10"))
 
 
 @functools.cache

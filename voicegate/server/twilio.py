@@ -29,8 +29,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiortc.mediastreams import MediaStreamError
 
 from voicegate.call.core import CallCore
 from voicegate.config import Options
@@ -76,22 +76,17 @@ class TwilioCall(SocketCall):
     def _send(self, message: dict[str, Any]) -> None:
         self._outbox.put_nowait(json.dumps({**message, "streamSid": self.stream_sid}))
 
-    async def _pump(self) -> None:
+    def send_frame(self, pcm: np.ndarray) -> None:
         """Real-time media: one frame per playout tick, only while the bot is audible."""
-        while True:
-            try:
-                pcm = await self.playout.recv_pcm()
-            except MediaStreamError:
-                return
-            if not pcm.any():
-                continue  # the bot is quiet or paused: stream nothing, Twilio plays silence
-            for data in self.codec.encode(pcm):
-                self._send({"event": "media", "media": {"payload": base64.b64encode(data).decode()}})
-                self.sent_ms += 20.0
-                self._frames_since_mark += 1
-                if self._frames_since_mark >= MARK_EVERY_FRAMES:
-                    self._frames_since_mark = 0
-                    self._send({"event": "mark", "mark": {"name": f"pos:{self.sent_ms:.0f}"}})
+        if not pcm.any():
+            return  # the bot is quiet or paused: stream nothing, Twilio plays silence
+        for data in self.codec.encode(pcm):
+            self._send({"event": "media", "media": {"payload": base64.b64encode(data).decode()}})
+            self.sent_ms += 20.0
+            self._frames_since_mark += 1
+            if self._frames_since_mark >= MARK_EVERY_FRAMES:
+                self._frames_since_mark = 0
+                self._send({"event": "mark", "mark": {"name": f"pos:{self.sent_ms:.0f}"}})
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -124,7 +119,7 @@ class TwilioCall(SocketCall):
         await self.open()
         self.events.add_listener(self._on_event)
         self.start_writer()
-        self.tasks.spawn(self._pump(), "twilio-pump")
+        self.start_playout()
         self.connected(transport="twilio", stream_sid=self.stream_sid)
         async for message in self.socket:
             if message.type == WSMsgType.TEXT:

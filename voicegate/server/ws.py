@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiortc.mediastreams import MediaStreamError
 
 from voicegate.audio.pcm import StreamResampler, mulaw_decode, mulaw_encode
 from voicegate.call.core import CallCore
 from voicegate.config import PIPELINE_SAMPLE_RATE, Options
+from voicegate.media.pacer import PacedCall, frame_pacer
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,19 @@ class SocketCall(CallCore):
         self._outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._inbound = np.zeros(0, dtype=np.int16)
         self._writer_task: asyncio.Task[None] | None = None
+        self._paced: PacedCall | None = None
 
     def start_writer(self) -> None:
         """Start the only task that writes to the socket (messages go out in the order they were queued)."""
         self._writer_task = self.tasks.spawn(self._writer(), f"{self.transport}-writer")
+
+    def start_playout(self) -> None:
+        """Play the bot's voice out on the loop's shared 20 ms clock (:mod:`voicegate.media.pacer`): each frame goes
+        to :meth:`send_frame` at its media time."""
+        self._paced = frame_pacer(self.playout.options.frame_ms).add(self.playout, self.send_frame)
+
+    def send_frame(self, pcm: np.ndarray) -> None:
+        """One frame of the bot's voice (s16 at the playout rate), due now (overridden by adapters)."""
 
     async def _writer(self) -> None:
         while (item := await self._outbox.get()) is not None:
@@ -197,6 +206,8 @@ class SocketCall(CallCore):
         """Flush what is queued (``session.ended`` included), then close the socket with the protocol's code and
         reason (or normally)."""
         self.stop_listening()
+        if self._paced is not None:
+            frame_pacer(self.playout.options.frame_ms).remove(self._paced)
         self._outbox.put_nowait(None)
         if self._writer_task is not None:
             try:
@@ -225,16 +236,11 @@ class WsCall(SocketCall):
         """No more events: ``session.ended`` is already queued."""
         self.events.remove_listener(self._send_event)
 
-    async def _pump(self) -> None:
-        """The bot's voice: one 20 ms frame per tick of the playout track's own media clock."""
+    def send_frame(self, pcm: np.ndarray) -> None:
+        """The bot's voice: every frame, silence included, in the client's format."""
         assert self.codec is not None
-        while True:
-            try:
-                pcm = await self.playout.recv_pcm()
-            except MediaStreamError:  # the call is ending: the track has stopped
-                return
-            for data in self.codec.encode(pcm):
-                self._outbox.put_nowait(data)
+        for data in self.codec.encode(pcm):
+            self._outbox.put_nowait(data)
 
     async def run(self) -> str:
         """Until the client stops the call, closes the socket or breaks the protocol."""
@@ -251,7 +257,7 @@ class WsCall(SocketCall):
         await self.open()
         self.events.add_listener(self._send_event, replay=True)
         self.start_writer()
-        self.tasks.spawn(self._pump(), "ws-pump")
+        self.start_playout()
         self.connected(transport="ws", sample_rate=rate, encoding=encoding)
         async for message in self.socket:
             if message.type == WSMsgType.BINARY:
