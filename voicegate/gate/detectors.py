@@ -201,8 +201,9 @@ def _deliver_all(items: list[tuple[Job, StepResult | None, BaseException | None]
 
 
 def detector_tick_ms() -> float:
-    """``VOICEGATE_DETECTOR_TICK_MS`` (default 10): see :attr:`DetectorThread.tick_ms`."""
-    return float(os.environ.get("VOICEGATE_DETECTOR_TICK_MS", "10"))
+    """``VOICEGATE_DETECTOR_TICK_MS`` (default 0: a chunk that finds the thread idle runs at once): see
+    :attr:`DetectorThread.tick_ms`."""
+    return float(os.environ.get("VOICEGATE_DETECTOR_TICK_MS", "0"))
 
 
 @functools.cache
