@@ -7,6 +7,15 @@ listens on its own loopback port, and its answer carries its own ICE candidates,
 A worker at capacity is never offered a call another worker could take; when every worker is full the supervisor
 answers 503 itself.
 
+A ``GET /ws`` or ``GET /twilio`` call carries its audio over its own TCP connection, so after the same guards and
+capacity pick the supervisor hands that connection to the worker (:mod:`voicegate.server.handoff`: the socket's
+descriptor and the request head over the worker's Unix socket, in a private 0700 directory). The worker answers the
+upgrade and serves the call as if the client had connected to it (its token check, capacity guard, close codes;
+``request.remote`` is the client), and the supervisor lets go of the connection without writing to it: no call's
+audio passes through the supervisor. Where the hand-off cannot be made (the worker's socket missing or refusing,
+bytes already read past the head, no ``SCM_RIGHTS``) the supervisor relays the call's messages instead, close
+codes and reasons included.
+
 - ``GET /healthz``: the sum over workers, plus ``workers`` alive and ``max_sessions`` (all workers together).
 - ``GET /readyz``: 200 while a call can be taken, 503 when every worker is full (for load balancers).
 - ``GET /metrics``: every worker's series labelled ``worker="i"``, then the supervisor's own.
