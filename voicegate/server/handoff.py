@@ -114,7 +114,8 @@ async def send_connection(path: Path, request: web.Request, timeout_secs: float 
         except (OSError, TimeoutError) as exc:
             raise HandoffError(f"worker socket {path}: {exc}", delivered=False) from exc
         try:
-            await loop.sock_sendall(link, frame[sent:])
+            if sent < len(frame):  # an empty send fails once the worker has answered and closed the link
+                await loop.sock_sendall(link, frame[sent:])
             answer = await asyncio.wait_for(loop.sock_recv(link, 1), timeout_secs)
         except (OSError, TimeoutError) as exc:
             raise HandoffError(f"no answer from the worker: {exc!r}", delivered=True) from exc
