@@ -265,7 +265,7 @@ async def test_websocket_calls_are_handed_to_a_worker_with_their_close_codes() -
 async def test_twilio_and_the_token_through_the_supervisor_and_the_relay_fallback() -> None:
     from .test_twilio import FakeTwilio, start_message
 
-    server = await start_server(1, workers=2, env={"VOICEGATE_TOKEN": "sekrit"})
+    server = await start_server(2, workers=2, env={"VOICEGATE_TOKEN": "sekrit"})
     url = server.url.replace("http://", "ws://")
     try:
         phone = FakeTwilio(server.url)
