@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
 from voicegate.client import Caller, ClipTrack
 from voicegate.load import process_tree, scrape, start_server
+
+from .conftest import close_after
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,37 +151,137 @@ async def test_two_hosts_behind_haproxy_take_twenty_calls() -> None:
             await host.stop()
 
 
-async def test_websocket_calls_are_relayed_to_a_worker_with_their_close_codes() -> None:
+def _holders(root: int, server_port: int, client_port: int) -> set[int]:
+    """Processes of ``root``'s tree holding the server end of the loopback TCP connection from ``client_port``."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, inode = (line.split()[i] for i in (1, 2, 9))
+            if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                inodes.add(f"socket:[{inode}]")
+    holders = set()
+    for pid in process_tree(root):
+        try:
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                holders.add(pid)
+        except OSError:
+            continue
+    return holders
+
+
+async def _ws_call(url: str, server_pid: int, query: str = "") -> tuple[int | None, int, list[str], set[int]]:
+    """A 2 s ``/ws`` call: its close code, the bot's frames, the event types, and who held the connection."""
     import json
 
-    server = await start_server(1, workers=2)
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/ws{query}") as ws:
+        await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm16"}))
+        frames, kinds = 0, []
+
+        async def read() -> None:
+            nonlocal frames
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    frames += 1
+                else:
+                    kinds.append(json.loads(message.data)["type"])
+
+        reader = asyncio.ensure_future(read())
+        for _ in range(100):
+            await ws.send_bytes(b"\x00" * 640)
+            await asyncio.sleep(0.02)
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        holders = _holders(server_pid, port, ws.get_extra_info("sockname")[1])
+        await ws.send_str(json.dumps({"type": "stop"}))
+        await asyncio.wait_for(reader, 10)
+    return ws.close_code, frames, kinds, holders
+
+
+async def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Everything the server sends on one connection after ``request``, until it closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """A client's WebSocket frame (payload under 126 bytes)."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _raw_bad_first_message(port: int) -> tuple[bytes, bytes, bytes]:
+    """A hand-written ``/ws`` upgrade, then a text frame that is not JSON: the response head, the server's close
+    frame, and whatever else arrived before the server closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(_masked(0x1, b"hello"))
+        first = await asyncio.wait_for(reader.readexactly(2), 10)
+        close = first + await reader.readexactly(first[1] & 0x7F)
+        writer.write(_masked(0x8, close[2:4]))
+        rest = await asyncio.wait_for(reader.read(-1), 10)
+        return head, close, rest
+    finally:
+        writer.close()
+
+
+async def test_websocket_calls_are_handed_to_a_worker_with_their_close_codes() -> None:
+    server = await start_server(2, workers=2)
+    url = server.url.replace("http://", "ws://")
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/ws") as ws:
+            await ws.send_str("hello")
+            closing = await ws.receive()
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1007
+            assert "must be JSON" in closing.extra, "the worker's close reason reaches the client"
+        head, close, rest = await _raw_bad_first_message(port)
+        assert head.startswith(b"HTTP/1.1 101 ") and head.count(b"HTTP/1.1") == 1, head
+        assert close[0] == 0x88 and int.from_bytes(close[2:4], "big") == 1007 and b"must be JSON" in close
+        assert rest == b"", "the worker's 101 and close frame are all the client receives"
+        code, frames, kinds, holders = await _ws_call(url, server.proc.pid)
+        assert code == 1000 and kinds[0] == "session.started" and kinds[-1] == "session.ended"
+        assert frames > 50, "the bot's audio reaches the client"
+        workers = set(process_tree(server.proc.pid)) - {server.proc.pid}
+        assert len(holders) == 1 and holders <= workers, \
+            f"a worker, not the supervisor ({server.proc.pid}), holds the client's connection: {holders}"
+        # A handshake the worker refuses: its own answer (its /twilio hint), then it closes the connection.
+        answer = await _raw_exchange(port, b"GET /twilio HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                                           b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 426 ") and head.count(b"HTTP/1.1") == 1, answer
+        assert b"Twilio <Stream" in body and body.endswith(b"}"), "the worker's 426, and nothing after it"
+        status, health = await _get(f"{server.url}/healthz")
+        assert status == 200 and health["workers"] == 2
+    finally:
+        await server.stop()
+
+
+async def test_twilio_and_the_token_through_the_supervisor_and_the_relay_fallback() -> None:
+    from .test_twilio import FakeTwilio, start_message
+
+    server = await start_server(2, workers=2, env={"VOICEGATE_TOKEN": "sekrit"})
     url = server.url.replace("http://", "ws://")
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"{url}/ws") as ws:
-                await ws.send_str("hello")
-                closing = await ws.receive()
-                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1007
-                assert "must be JSON" in closing.extra, "the worker's close reason reaches the client"
-            async with http.ws_connect(f"{url}/ws") as ws:
-                await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm16"}))
-                frames, kinds = 0, []
-
-                async def read() -> None:
-                    nonlocal frames
-                    async for message in ws:
-                        if message.type == aiohttp.WSMsgType.BINARY:
-                            frames += 1
-                        else:
-                            kinds.append(json.loads(message.data)["type"])
-
-                reader = asyncio.ensure_future(read())
-                for _ in range(100):
-                    await ws.send_bytes(b"\x00" * 640)
-                    await asyncio.sleep(0.02)
-                await ws.send_str(json.dumps({"type": "stop"}))
-                await asyncio.wait_for(reader, 10)
-                assert ws.close_code == 1000 and kinds[0] == "session.started" and kinds[-1] == "session.ended"
-                assert frames > 50, "the bot's audio comes back through the supervisor"
+        phone = FakeTwilio(server.url)
+        assert await phone.call(np.zeros(8000 * 2, np.int16), custom={"token": "sekrit"}) == 1000
+        assert sum(m["event"] == "media" for _, m in phone.received) > 50, "the bot's audio reaches the phone"
+        code, reason = await close_after(f"{server.url}/twilio", [start_message(token="wrong")])
+        assert code == 1008 and "token" in reason, "the worker checks the token in the start message"
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/ws?token=wrong") as res:
+            assert res.status == 401, "a wrong token is refused before any worker is asked"
+        # Without the workers' hand-off sockets the supervisor relays the call itself.
+        for pid in set(process_tree(server.proc.pid)) - {server.proc.pid}:
+            environ = dict(item.split("=", 1) for item in
+                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            Path(environ["VOICEGATE_HANDOFF_SOCKET"]).unlink()
+        code, frames, kinds, holders = await _ws_call(url, server.proc.pid, "?token=sekrit")
+        assert code == 1000 and frames > 50 and kinds[-1] == "session.ended"
+        assert holders == {server.proc.pid}, "relayed: the supervisor holds the client's connection"
     finally:
         await server.stop()

@@ -41,9 +41,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if workers == 1:
         print(f"voicegate: serving on http://{args.host}:{args.port}/", flush=True)
+        from voicegate.server import runner
+
         worker_of_supervisor = "VOICEGATE_WORKER_INDEX" in os.environ  # the supervisor logs the offers it routes
-        web.run_app(create_app(options), host=args.host, port=args.port, print=None,
-                    access_log=None if worker_of_supervisor else web_log.access_logger)
+        runner.run(create_app(options), args.host, args.port, handoff_socket=options.server.handoff_socket,
+                   access_log=None if worker_of_supervisor else web_log.access_logger)
         return 0
     from voicegate.server.supervisor import create_supervisor_app
 

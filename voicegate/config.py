@@ -48,6 +48,9 @@ class ServerOptions:
     that a frame is complete only when the next one arrives); the audio is analysed, not played."""
     connect_timeout_secs: float = 15.0
     """A call whose ICE/DTLS has not connected this long after the answer is closed (the client vanished)."""
+    handoff_socket: Path | None = None
+    """``VOICEGATE_HANDOFF_SOCKET``, set by the ``--workers`` supervisor for its workers: the Unix socket on which a
+    worker takes over ``/ws`` and ``/twilio`` client connections (:mod:`voicegate.server.handoff`)."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ def _overlay(record: Any, prefix: str, env: dict[str, str]) -> Any:
 
 
 ORT_GRAPH_OPT_ENV = "VOICEGATE_ORT_GRAPH_OPT"
+HANDOFF_SOCKET_ENV = "VOICEGATE_HANDOFF_SOCKET"
 
 
 def ort_graph_optimization(env: dict[str, str] | None = None) -> str:
@@ -273,7 +277,8 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
     ``VOICEGATE_GREETING``, ``VOICEGATE_LLM_TIMEOUT_SECS`` and ``VOICEGATE_TTS`` (``espeak``/``pyttsx3``/``openai``,
     with ``VOICEGATE_TTS_MODEL``/``VOICEGATE_TTS_VOICE``); ``VOICEGATE_VOSK_MODEL`` names a Vosk model directory;
     ``VOICEGATE_ICE_SERVERS`` is a comma-separated list of STUN/TURN URLs; ``VOICEGATE_MAX_SESSIONS``,
-    ``VOICEGATE_TOKEN``, ``VOICEGATE_CORS_ORIGINS`` and ``VOICEGATE_OFFERS_PER_MINUTE`` set the server's limits.
+    ``VOICEGATE_TOKEN``, ``VOICEGATE_CORS_ORIGINS`` and ``VOICEGATE_OFFERS_PER_MINUTE`` set the server's limits;
+    ``VOICEGATE_HANDOFF_SOCKET`` is set by the ``--workers`` supervisor for its workers.
     ``VOICEGATE_TURN_<FIELD>`` sets the turn transcriber (:class:`TurnOptions`; ``VOICEGATE_TURN_ENGINE``,
     ``VOICEGATE_TURN_MODEL``, …); its endpoint and key default to ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
     """
@@ -288,6 +293,8 @@ def options_from_env(env: dict[str, str] | None = None) -> Options:
             server = replace(server, **{name: _coerce(env[key], getattr(server, name))})
     if env.get("VOICEGATE_TOKEN"):
         server = replace(server, token=env["VOICEGATE_TOKEN"])
+    if env.get(HANDOFF_SOCKET_ENV):
+        server = replace(server, handoff_socket=Path(env[HANDOFF_SOCKET_ENV]))
     agent = AgentOptions(
         api_key=env.get("OPENAI_API_KEY") or None,
         base_url=env.get("OPENAI_BASE_URL") or None,

@@ -1,13 +1,13 @@
 """``voicegate load``: N concurrent real calls on loopback, and a connect/talk/hang-up soak.
 
-The server runs in its own process tree (started here unless ``--url`` is given; with ``--workers`` a supervisor
-and its workers) and its CPU is measured alone, over the whole tree. The callers run in *other* processes
-(``CALLS_PER_PROCESS`` calls each) so that their cost is neither charged to the server nor starves it unnoticed:
-the report gives the callers' CPU and the machine's idle share beside the server's. In the default (barge-in)
-mode each caller says "stop", "uh-huh", "wait a second" or "okay" (espeak-ng) every few seconds while the bot
-talks; with ``quiet`` the callers stay silent (the cost of listening). Figures come from the server's
-``/metrics`` and ``/proc``; the time to pause is also timed on the callers' side (onset of speech in their stream
-to the first silent frame they receive, or to Twilio's ``clear``).
+The server runs in its own process tree (started here unless ``--url`` is given; with ``--workers`` a supervisor and
+its workers) and its CPU is measured alone, over the whole tree (with a supervisor, also the supervisor's own
+share). The callers run in *other* processes (``CALLS_PER_PROCESS`` calls each) so that their cost is neither
+charged to the server nor starves it unnoticed: the report gives the callers' CPU and the machine's idle share
+beside the server's. In the default (barge-in) mode each caller says "stop", "uh-huh", "wait a second" or "okay"
+(espeak-ng) every few seconds while the bot talks; with ``quiet`` the callers stay silent (the cost of listening).
+Figures come from the server's ``/metrics`` and ``/proc``; the time to pause is also timed on the callers' side
+(onset of speech in their stream to the first silent frame they receive, or to Twilio's ``clear``).
 
 ``transport``: ``webrtc`` (default: aiortc callers, about as costly as the server's side of the call), ``ws``
 (``GET /ws``, 16 kHz PCM16) or ``twilio`` (``GET /twilio`` Media Streams): the socket callers
@@ -65,14 +65,16 @@ def process_tree(pid: int) -> list[int]:
 
 def tree_cpu_secs(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live descendants."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            fields = _stat(member)
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(own_cpu_secs(member) for member in process_tree(pid))
+
+
+def own_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` alone (0 once it is gone)."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_times() -> tuple[float, float]:
@@ -87,6 +89,11 @@ class ServerProcess:
 
     proc: asyncio.subprocess.Process
     url: str
+
+    @property
+    def pid(self) -> int:
+        """The server's root process (with ``--workers``: the supervisor)."""
+        return self.proc.pid
 
     def cpu_secs(self) -> float:
         """User + system CPU seconds used so far by the server's whole process tree."""
@@ -369,6 +376,7 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         await asyncio.sleep(1.0)  # let every call reach its steady state
         before = await scrape(base)
         cpu0, t0 = (server.cpu_secs() if server else 0.0), time.monotonic()
+        root0 = own_cpu_secs(server.pid) if server else 0.0
         idle0, total0 = machine_times()
         for p in procs:
             assert p.stdin is not None
@@ -377,6 +385,8 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         results = [await _line(p, secs + 60) for p in procs]
         elapsed = time.monotonic() - t0
         cpu = (server.cpu_secs() - cpu0) if server else float("nan")
+        root = (own_cpu_secs(server.pid) - root0) if server else float("nan")
+        supervised = server is not None and len(process_tree(server.pid)) > 1
         idle1, total1 = machine_times()
         metrics = await scrape(base)
     finally:
@@ -393,6 +403,7 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "workers": workers, "failed_calls": sum(len(h["failed"]) for h in hello),
         "server_cpu_percent_of_one_core": round(100 * cpu / elapsed, 1),
         "per_call_cpu_percent": round(100 * cpu / elapsed / max(calls, 1), 1),
+        "supervisor_cpu_percent_of_one_core": round(100 * root / elapsed, 2) if supervised else None,
         "callers_cpu_percent_of_one_core": round(100 * callers_cpu / elapsed, 1),
         "caller_processes": len(procs),
         "machine_idle_percent": round(100 * (idle1 - idle0) / max(total1 - total0, 1e-9), 1),

@@ -7,6 +7,15 @@ listens on its own loopback port, and its answer carries its own ICE candidates,
 A worker at capacity is never offered a call another worker could take; when every worker is full the supervisor
 answers 503 itself.
 
+A ``GET /ws`` or ``GET /twilio`` call carries its audio over its own TCP connection, so after the same guards and
+capacity pick the supervisor hands that connection to the worker (:mod:`voicegate.server.handoff`: the socket's
+descriptor and the request head over the worker's Unix socket, in a private 0700 directory). The worker answers the
+upgrade and serves the call as if the client had connected to it (its token check, capacity guard, close codes;
+``request.remote`` is the client), and the supervisor lets go of the connection without writing to it: no call's
+audio passes through the supervisor. Where the hand-off cannot be made (the worker's socket missing or refusing,
+bytes already read past the head, no ``SCM_RIGHTS``) the supervisor relays the call's messages instead, close
+codes and reasons included.
+
 - ``GET /healthz``: the sum over workers, plus ``workers`` alive and ``max_sessions`` (all workers together).
 - ``GET /readyz``: 200 while a call can be taken, 503 when every worker is full (for load balancers).
 - ``GET /metrics``: every worker's series labelled ``worker="i"``, then the supervisor's own.
@@ -20,19 +29,23 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from voicegate.config import Options
+from voicegate.config import HANDOFF_SOCKET_ENV, Options
+from voicegate.server import handoff
 from voicegate.server.app import OPTIONS, _error, _rate_limited, guarded_app
 from voicegate.server.metrics import Metrics
 
@@ -61,6 +74,8 @@ class Worker:
     """When offers it answered came back: a ``/healthz`` poll that started earlier may not count those calls."""
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
+    handoff_socket: Path | None = None
+    """The Unix socket it takes ``/ws`` and ``/twilio`` connections on (None: relay them)."""
 
     @property
     def url(self) -> str:
@@ -75,6 +90,7 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(workers)]
         self.http: aiohttp.ClientSession | None = None
         self.closing = False
+        self._handoff_dir: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.registry = CollectorRegistry()
         self.routed = Counter("voicegate_supervisor_offers", "Offers by outcome at the supervisor", ["outcome"],
@@ -96,6 +112,8 @@ class Supervisor:
     async def start(self) -> None:
         """Start every worker and wait until each answers ``/healthz``."""
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        if handoff.supported():
+            self._handoff_dir = Path(tempfile.mkdtemp(prefix="voicegate-handoff-"))  # mode 0700
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
         self._tasks = [asyncio.ensure_future(self._poll())] + [
             asyncio.ensure_future(self._watch(w)) for w in self.workers]
@@ -107,12 +125,15 @@ class Supervisor:
         worker.ready, worker.sessions, worker.reported, worker.pending = False, 0, 0, 0
         worker.answered_at = []
         worker.started = time.monotonic()
+        env = {**os.environ, "VOICEGATE_OFFERS_PER_MINUTE": "0", "VOICEGATE_WORKER_INDEX": str(worker.index)}
+        if self._handoff_dir is not None:
+            worker.handoff_socket = self._handoff_dir / f"worker-{worker.index}.sock"
+            env[HANDOFF_SOCKET_ENV] = str(worker.handoff_socket)
         worker.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "voicegate", "serve", "--workers", "1", "--host", "127.0.0.1",
             "--port", str(worker.port), "--max-sessions", str(self.options.server.max_sessions),
             *(a for url in self.options.server.ice_servers for a in ("--ice-server", url)),
-            env={**os.environ, "VOICEGATE_OFFERS_PER_MINUTE": "0", "VOICEGATE_WORKER_INDEX": str(worker.index)},
-            stdout=subprocess.DEVNULL)
+            env=env, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + WORKER_START_SECS
         while time.monotonic() < deadline and worker.proc.returncode is None:
             if await self._check(worker):
@@ -238,6 +259,8 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.http is not None:
             await self.http.close()
+        if self._handoff_dir is not None:
+            shutil.rmtree(self._handoff_dir, ignore_errors=True)
 
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -267,8 +290,9 @@ def _over_rate(request: web.Request) -> web.Response | None:
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
-    """``/ws`` and ``/twilio``: the call's audio flows over the socket, so the supervisor relays it to a worker
-    (close codes and reasons included) after the same guards and capacity check as an offer."""
+    """``/ws`` and ``/twilio``: after the same guards and capacity check as an offer, the client's connection itself
+    is handed to a worker (:mod:`voicegate.server.handoff`), which answers the upgrade and serves the call; when
+    that cannot be done the supervisor relays the call's messages instead."""
     sup = request.app[SUPERVISOR]
     if (refused := _over_rate(request)) is not None:
         return refused
@@ -276,6 +300,56 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     if not workers:
         return sup.full()
     worker = workers[0]
+    if not _is_upgrade(request):
+        return _error(426, f"GET {request.path} expects a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
+    handed_off = await _hand_off(sup, worker, request)
+    if handed_off is not None:
+        return handed_off
+    return await _relay_call(sup, worker, request)
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    """Whether ``request`` asks for a WebSocket (the worker checks the rest of the handshake)."""
+    connection = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
+    return "upgrade" in connection and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+async def _hand_off(sup: Supervisor, worker: Worker, request: web.Request) -> web.StreamResponse | None:
+    """Pass the connection to ``worker``; None when it is still the supervisor's to serve (relay it)."""
+    transport = request.transport
+    reason = "the worker has no hand-off socket" if worker.handoff_socket is None else handoff.unsent_reason(request)
+    if reason is not None or transport is None or worker.handoff_socket is None:
+        log.debug("relaying %s from %s to worker %d: %s", request.path, request.remote, worker.index, reason)
+        return None
+    was_reading = transport.is_reading()
+    transport.pause_reading()  # from here every byte the client sends stays in the kernel for the worker
+    if (reason := handoff.unsent_reason(request)) is None:
+        worker.pending += 1
+        try:
+            await handoff.send_connection(worker.handoff_socket, request)
+        except handoff.HandoffError as exc:
+            if exc.delivered:  # the worker may be serving it: neither serve it here nor close it loudly
+                log.warning("hand-off of %s to worker %d unconfirmed (%s): dropping it", request.path,
+                            worker.index, exc)
+                sup.routed.labels("handoff_unconfirmed").inc()
+                return handoff.let_go(request)
+            reason = str(exc)
+        else:
+            worker.answered_at.append(time.monotonic())
+            worker.sessions += 1
+            sup.routed.labels("answered").inc()
+            log.debug("handed %s from %s to worker %d", request.path, request.remote, worker.index)
+            return handoff.let_go(request)
+        finally:
+            worker.pending -= 1
+    if was_reading:
+        transport.resume_reading()
+    log.debug("relaying %s from %s to worker %d: %s", request.path, request.remote, worker.index, reason)
+    return None
+
+
+async def _relay_call(sup: Supervisor, worker: Worker, request: web.Request) -> web.StreamResponse:
+    """Serve the call by relaying its messages to and from ``worker`` (close codes and reasons included)."""
     assert sup.http is not None
     headers = {k: v for k, v in request.headers.items() if k == "Authorization"}
     worker.pending += 1
