@@ -354,7 +354,7 @@ async def _relay_call(sup: Supervisor, worker: Worker, request: web.Request) -> 
     headers = {k: v for k, v in request.headers.items() if k == "Authorization"}
     worker.pending += 1
     try:
-        upstream = await sup.http.ws_connect(f"{worker.url}{request.path_qs}", headers=headers,
+        upstream = await sup.http.ws_connect(f"{worker.url}{request.path_qs}", headers=headers, compress=0,
                                              max_msg_size=0)
     except aiohttp.WSServerHandshakeError as exc:
         return _error(exc.status, f"the worker refused the call: {exc.message}")
@@ -365,7 +365,7 @@ async def _relay_call(sup: Supervisor, worker: Worker, request: web.Request) -> 
     worker.answered_at.append(time.monotonic())
     worker.sessions += 1
     sup.routed.labels("answered").inc()
-    client = web.WebSocketResponse(max_msg_size=0)
+    client = web.WebSocketResponse(max_msg_size=0, compress=False)  # no permessage-deflate, as in the workers
     await client.prepare(request)
     down = asyncio.ensure_future(_relay(upstream, client))
     up = asyncio.ensure_future(_relay(client, upstream))
