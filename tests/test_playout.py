@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
 
 from voicegate.config import PlayoutOptions
+from voicegate.media.pacer import frame_pacer
 from voicegate.media.playout import PlayoutTrack, UtteranceReport
 
 RATE = 24_000
@@ -179,3 +181,34 @@ async def test_a_48khz_track_is_encoded_frame_by_frame_without_a_frame_of_delay(
         energy.append(float(np.square(pcm.astype(np.float64)).sum()))
     assert int(np.argmax(energy)) == tone_at
     assert energy[tone_at] > 0.6 * sum(energy)
+
+
+async def test_one_pacer_plays_every_socket_call_out_frame_by_frame_on_one_clock() -> None:
+    """Three calls on the loop's pacer: each gets its audio sample-exact, one frame per 20 ms of the shared clock
+    (the count over half a second is that of a per-call timer), silence once its queue is empty; a stopped track
+    is dropped, a removed call gets no more frames, and the others go on."""
+    pacer = frame_pacer()
+    tracks = [make_track()[0] for _ in range(3)]
+    received: list[list[np.ndarray]] = [[] for _ in tracks]
+    for k, track in enumerate(tracks):
+        track.push(ramp(FRAME * 10, start=k * 7000), "u", track.generation)
+    paced = [pacer.add(track, received[k].append) for k, track in enumerate(tracks)]
+    t0 = time.monotonic()
+    await asyncio.sleep(0.5)
+    counts = [len(r) for r in received]
+    assert all(20 <= c <= 27 for c in counts), counts  # 25 frames of 20 ms in 0.5 s
+    assert max(counts) - min(counts) <= 1, counts  # one clock for all
+    for k, frames in enumerate(received):
+        audio = np.concatenate(frames)
+        assert np.array_equal(audio[:FRAME * 10], ramp(FRAME * 10, start=k * 7000)), "audio out of order or lost"
+        assert not audio[FRAME * 10:].any(), "silence once the queue is empty"
+    tracks[0].stop()
+    pacer.remove(paced[1])
+    await asyncio.sleep(0.1)
+    after = [len(r) for r in received]
+    assert after[0] <= counts[0] + 1 and after[1] <= counts[1] + 1
+    assert after[2] >= counts[2] + 3
+    assert time.monotonic() - t0 < 2.0
+    pacer.remove(paced[2])
+    for track in tracks:
+        track.stop()
