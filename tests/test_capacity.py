@@ -14,14 +14,15 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_url
 from voicegate.audio.pcm import load_audio, resample
-from voicegate.audio.vad import WINDOW_SAMPLES
+from voicegate.audio.vad import WINDOW_SAMPLES, VadWindow
 from voicegate.client import Caller, ClipTrack
 from voicegate.config import GateOptions
 from voicegate.gate.detectors import DetectorThread, Job
-from voicegate.gate.driver import GateModels, StepResult
+from voicegate.gate.driver import GateModels, LiveGateDriver, StepResult
 from voicegate.load import run_load
 from voicegate.media.inbound import DecodingJitterBuffer
 from voicegate.media.opus import OpusDecoder
+from voicegate.reflex import Reflex
 from voicegate.server.app import SESSIONS
 
 RECORDINGS = ("speech/asr_test_wavs/vosk-api_python_example_test.wav",
@@ -232,3 +233,45 @@ async def test_ws_call_plays_out_at_the_clients_rate(server: TestServer, rate: i
         assert set(sizes) == {frame_bytes}
         assert encoding != "pcm16" or loud > 5, "the bot's greeting is heard"
         await ws.send_str(json.dumps({"type": "stop"}))
+
+
+async def test_quiet_chunks_wait_for_the_detector_tick_and_speech_runs_at_once(shared_data: Path) -> None:
+    """A live reflex: chunks of digital silence return before their results land (they wait for the thread's next
+    tick, shared with other calls); the first chunk at speech level runs at once and, when it returns, every chunk
+    before it has been applied, in order; the windows the gate saw are those of the models stepped alone."""
+    reflex = Reflex(bot_sample_rate=16_000)
+    await reflex.start()
+    driver = reflex.driver
+    assert isinstance(driver, LiveGateDriver)
+    seen: list[VadWindow] = []
+    on_window = driver.gate.on_window
+
+    def record(window: VadWindow, t_ms: float) -> None:
+        seen.append(window)
+        on_window(window, t_ms)
+
+    driver.gate.on_window = record  # type: ignore[method-assign]
+    speech = load_audio(shared_data / RECORDINGS[0], 16_000)[: 16_000 * 3]
+    chunks = [np.zeros(320, np.int16) for _ in range(40)] + [speech[i:i + 320] for i in range(0, len(speech), 320)]
+    quiet_returned_early = at_once = 0
+    for i, chunk in enumerate(chunks):
+        await reflex.feed_user(chunk, 16_000)
+        if i < 40:
+            assert not driver.ran_at_once, "digital silence cannot start speech"
+            quiet_returned_early += driver.applied_chunks <= i
+            await asyncio.sleep(0.002)
+        elif driver.ran_at_once:  # when it returns, it and every chunk before it have been applied
+            assert driver.applied_chunks == i + 1
+            at_once += 1
+    assert quiet_returned_early >= 35, quiet_returned_early
+    for _ in range(100):
+        if driver.applied_chunks == len(chunks):
+            break
+        await asyncio.sleep(0.01)
+    assert driver.applied_chunks == len(chunks)
+    alone = GateModels(GateOptions(), 16_000)
+    expected = [w for c in chunks for w in alone.step(c, driver.gate.hangover_ms).windows]
+    assert [(w.end_samples, w.prob, w.voiced) for w in seen] == [(w.end_samples, w.prob, w.voiced) for w in expected]
+    assert any(w.voiced for w in seen), "the recording holds speech"
+    assert at_once >= 0.5 * (len(chunks) - 40), at_once
+    reflex.close()

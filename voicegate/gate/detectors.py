@@ -7,9 +7,11 @@ echo guard) up to the point where a window needs Silero, runs all those windows 
 until every job is done; the results go back to each event loop in one ``call_soon_threadsafe`` per drain.
 
 Against a thread per call fed through ``run_in_executor``, a chunk costs no executor future, no thread wake-up
-while the thread is busy and no loop wake-up of its own; Silero's runs grow with the load (a quiet process runs
-each window as it comes, a busy one batches whatever arrived meanwhile), so no decision waits for a batch to fill.
-The jobs of one call run in the order they were submitted, one at a time.
+while the thread is busy and no loop wake-up of its own. A chunk that could start speech (``Job.urgent``) wakes the
+thread at once, so no pause waits for a batch to fill; a quiet one — below the VAD's hard level floor, nothing loud
+in the last 400 ms, the VAD not in speech — waits for the next 20 ms tick of the process's grid, so the quiet
+chunks of all calls share one wake-up, one Silero run and one hop back to the loop. The jobs of one call run in the
+order they were submitted, one at a time.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class Job:
     loop: asyncio.AbstractEventLoop | None
     deliver: Deliver | None
     action: Callable[[], None] | None = None
+    kws_enabled: bool | None = None
+    """The spotter's switch when the chunk arrived (None: the models' current one)."""
+    urgent: bool = True
+    """The chunk could start speech: it wakes the thread at once. A quiet one waits for the next tick."""
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -70,8 +76,10 @@ class DetectorThread:
     def __init__(self, max_batch: int | None = None, tick_ms: float | None = None) -> None:
         self.max_batch = max_batch if max_batch is not None else vad_batch_limit()
         self.tick_ms = tick_ms if tick_ms is not None else detector_tick_ms()
-        """A chunk that finds the thread idle waits for the next multiple of this on the monotonic clock, so that the
-        chunks of other calls that arrive meanwhile share its drain (one wake-up, one Silero run); 0: none."""
+        """A quiet chunk (``Job.urgent`` false: it cannot start speech) that finds the thread idle waits for the next
+        multiple of this on the monotonic clock, so that the chunks of other calls that arrive meanwhile share its
+        drain (one wake-up, one Silero run); an urgent chunk ends the wait at once. 0: never wait."""
+        self._urgent = threading.Event()
         self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -90,13 +98,17 @@ class DetectorThread:
                     self._thread = threading.Thread(target=self._run, name="voicegate-detectors", daemon=True)
                     self._thread.start()
         self._queue.put(job)
+        if job.urgent:
+            self._urgent.set()
 
     def _run(self) -> None:
         tick_secs = self.tick_ms / 1000
         while True:
             jobs = [self._queue.get()]
-            if tick_secs > 0:  # gather the other calls' chunks until the next tick of the process's grid
-                time.sleep(tick_secs - time.monotonic() % tick_secs)
+            if tick_secs > 0 and not jobs[0].urgent:
+                # Gather the other calls' chunks until the next tick of the process's grid, or an urgent chunk.
+                self._urgent.wait(tick_secs - time.monotonic() % tick_secs)
+            self._urgent.clear()
             while True:
                 try:
                     jobs.append(self._queue.get_nowait())
@@ -159,7 +171,7 @@ class DetectorThread:
                         log.exception("a detector clean-up failed")
                     lane.job = None
                     continue
-                lane.gen = job.models.steps(job.pcm, job.hangover_ms)
+                lane.gen = job.models.steps(job.pcm, job.hangover_ms, job.kws_enabled)
                 answer = None
             try:
                 return next(lane.gen) if answer is None else lane.gen.send(answer)
@@ -201,9 +213,8 @@ def _deliver_all(items: list[tuple[Job, StepResult | None, BaseException | None]
 
 
 def detector_tick_ms() -> float:
-    """``VOICEGATE_DETECTOR_TICK_MS`` (default 0: a chunk that finds the thread idle runs at once): see
-    :attr:`DetectorThread.tick_ms`."""
-    return float(os.environ.get("VOICEGATE_DETECTOR_TICK_MS", "0"))
+    """``VOICEGATE_DETECTOR_TICK_MS`` (default 20): see :attr:`DetectorThread.tick_ms`."""
+    return float(os.environ.get("VOICEGATE_DETECTOR_TICK_MS", "20"))
 
 
 @functools.cache

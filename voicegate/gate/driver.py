@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,9 @@ from voicegate.gate.reflex import Gate
 
 log = logging.getLogger(__name__)
 RING_SECS = 20
+QUIET_AFTER_LOUD_SAMPLES = PIPELINE_SAMPLE_RATE * 4 // 10
+"""A chunk this soon (400 ms) after one at speech level still runs at once (its window may hold speech; the spotter
+reports a phrase after it ends)."""
 ECHO_FAILED = "the echo canceller kept diverging: the gate falls back to the echo guard alone for this call"
 
 
@@ -92,10 +96,14 @@ class GateModels:
             result: StepResult = done.value
             return result
 
-    def steps(self, pcm: np.ndarray, hangover_ms: float) -> Generator[VadQuery, VadAnswer, StepResult]:
+    def steps(self, pcm: np.ndarray, hangover_ms: float,
+              kws_enabled: bool | None = None) -> Generator[VadQuery, VadAnswer, StepResult]:
         """:meth:`step` as a generator that yields each window's Silero input and is sent back its answer, so that
         the caller can run many calls' windows in one ONNX run (:class:`~voicegate.gate.detectors.DetectorThread`);
-        every other step is the same, in the same order, so the result is too."""
+        every other step is the same, in the same order, so the result is too. ``kws_enabled``: the spotter's
+        switch as it was when the chunk arrived (default :attr:`kws_enabled` now)."""
+        if kws_enabled is not None:
+            self.kws_enabled = kws_enabled
         result = StepResult()
         t0 = time.perf_counter()
         if self.echo is not None:
@@ -209,6 +217,12 @@ class LiveGateDriver:
         """``(stage, compute ms, queue wait ms)`` after each chunk and each decode (metrics)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._failure: BaseException | None = None
+        self._since_loud_samples = QUIET_AFTER_LOUD_SAMPLES  # nothing loud yet
+        self.applied_chunks = 0
+        """Chunks whose results the gate has received."""
+        self.ran_at_once = True
+        """The last chunk could be speech and ran at once (False: it was queued for the detector thread's tick)."""
         self.turns: CallTurns | None = None
         """The call's turn transcriber (``None`` when the reflex's final transcript is the turn)."""
         if turn_service is not None and hasattr(gate, "turns"):
@@ -220,10 +234,21 @@ class LiveGateDriver:
             self.on_error(stage, cause, message)
 
     async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
-        """Run one chunk; its decisions are applied on the event loop as soon as the models return (before this
-        returns). Raises what the models raised."""
+        """Run one chunk. A chunk that could be speech (:meth:`could_be_speech`) wakes the detector thread at once and
+        its decisions are applied on the loop before this returns; a quiet one is queued for the thread's next tick
+        and this returns at once (its results are applied, in order, when they come). Raises what the models raised
+        on this chunk or on an earlier quiet one."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         loop = self._loop = asyncio.get_running_loop()
-        self.models.kws_enabled = spotter_wanted(self.gate)
+        kws = spotter_wanted(self.gate)
+        self.ran_at_once = self.could_be_speech(pcm)
+        if not self.ran_at_once:
+            self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
+                                      functools.partial(self._deliver_quiet, received_ms), kws_enabled=kws,
+                                      urgent=False))
+            return
         finished: asyncio.Future[None] = loop.create_future()
 
         def deliver(result: StepResult | None, exc: BaseException | None) -> None:
@@ -235,10 +260,29 @@ class LiveGateDriver:
                 else:
                     finished.set_result(None)
 
-        self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop, deliver))
+        self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop, deliver, kws_enabled=kws))
         await finished
 
+    def could_be_speech(self, pcm: np.ndarray) -> bool:
+        """Whether this chunk's results could start speech or a decision soon: it is at least ``min_speech_dbfs``
+        (the VAD's hard floor: a window of quieter chunks is never voiced), or one was in the last
+        :data:`QUIET_AFTER_LOUD_SAMPLES`, or the VAD is in speech (its end, the spotter's late hits)."""
+        x = pcm.astype(np.float32)
+        level_dbfs = 10.0 * math.log10(float(np.dot(x, x)) / (max(len(x), 1) * 1073741824.0) + 1e-12)
+        if level_dbfs >= self.models.options.min_speech_dbfs:
+            self._since_loud_samples = 0
+        else:
+            self._since_loud_samples += len(pcm)
+        return self._since_loud_samples < QUIET_AFTER_LOUD_SAMPLES or self.models.vad.speaking
+
+    def _deliver_quiet(self, received_ms: float | None, result: StepResult | None, exc: BaseException | None) -> None:
+        if result is not None and not self._closed:
+            self._apply(result, received_ms)
+        if exc is not None and self._failure is None:
+            self._failure = exc  # raised by the next process(): the caller turns barge-in off as for any failure
+
     def _apply(self, result: StepResult, received_ms: float | None) -> None:
+        self.applied_chunks += 1
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
         for stage, ms in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
