@@ -4,7 +4,8 @@ A call's inbound chunk is a :class:`Job` on one queue. The thread takes every jo
 call's models (:meth:`GateModels.steps <voicegate.gate.driver.GateModels.steps>`: echo canceller, keyword spotter,
 echo guard) up to the point where a window needs Silero, runs all those windows in **one** ONNX run
 (:func:`~voicegate.audio.vad.silero_batch`, bit-identical to one run per window), hands each its answer, and goes on
-until every job is done; the results go back to each event loop in one ``call_soon_threadsafe`` per drain.
+until every job is done; the results go back to each event loop in one ``call_soon_threadsafe`` per drain (a chunk
+that could be speech, with everything finished before it, as soon as it is done).
 
 Against a thread per call fed through ``run_in_executor``, a chunk costs no executor future, no thread wake-up
 while the thread is busy and no loop wake-up of its own. A chunk that could start speech (``Job.urgent``) wakes the
@@ -57,6 +58,27 @@ class Job:
     urgent: bool = True
     """The chunk could start speech: it wakes the thread at once. A quiet one waits for the next tick."""
     submitted: float = field(default_factory=time.perf_counter)
+
+
+class _Results:
+    """The drain's finished jobs, in the order they finished; :meth:`add` hands an urgent one (and everything that
+    finished before it, so each call's results stay in order) to its loop at once, the rest at the drain's end."""
+
+    __slots__ = ("items", "sent")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Job, StepResult | None, BaseException | None]] = []
+        self.sent = 0
+
+    def add(self, job: Job, result: StepResult | None, exc: BaseException | None) -> None:
+        self.items.append((job, result, exc))
+        if job.urgent:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.sent < len(self.items):
+            DetectorThread.deliver(self.items[self.sent:])
+            self.sent = len(self.items)
 
 
 class _Lane:
@@ -120,12 +142,13 @@ class DetectorThread:
                 log.exception("the detector thread failed on a batch")
 
     def drain(self, jobs: list[Job]) -> list[tuple[Job, StepResult | None, BaseException | None]]:
-        """Run ``jobs`` to completion (calls' jobs in order), Silero batched across calls; then deliver each result
-        on its job's loop. Returns ``(job, result, exception)`` for every chunk, in the order they finished."""
+        """Run ``jobs`` to completion (calls' jobs in order), Silero batched across calls, delivering each result on
+        its job's loop (an urgent one at once). Returns ``(job, result, exception)`` for every chunk, in the order
+        they finished."""
         lanes: dict[int, _Lane] = {}
         for job in jobs:
             lanes.setdefault(id(job.models), _Lane()).jobs.append(job)
-        done: list[tuple[Job, StepResult | None, BaseException | None]] = []
+        done = _Results()
         waiting: list[tuple[_Lane, VadQuery]] = []
         for lane in lanes.values():
             query = self._advance(lane, None, done)
@@ -150,12 +173,12 @@ class DetectorThread:
                 query = self._advance(lane, VadAnswer(prob, state, share_ms), done)
                 if query is not None:
                     waiting.append((lane, query))
-        self.jobs += len(done)
-        self._deliver(done)
-        return done
+        self.jobs += len(done.items)
+        done.flush()
+        return done.items
 
     def _advance(self, lane: _Lane, answer: VadAnswer | None,
-                 done: list[tuple[Job, StepResult | None, BaseException | None]]) -> VadQuery | None:
+                 done: _Results) -> VadQuery | None:
         """Step the lane's current job with ``answer`` (or start its next job) until it needs Silero (the query) or
         the lane has no job left (None)."""
         while True:
@@ -177,21 +200,22 @@ class DetectorThread:
                 return next(lane.gen) if answer is None else lane.gen.send(answer)
             except StopIteration as stop:
                 assert lane.job is not None
-                done.append((lane.job, stop.value, None))
+                done.add(lane.job, stop.value, None)
             except Exception as exc:
                 assert lane.job is not None
-                done.append((lane.job, None, exc))
+                done.add(lane.job, None, exc)
             lane.gen, lane.job, answer = None, None, None
 
     def _fail(self, lane: _Lane, exc: BaseException,
-              done: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+              done: _Results) -> None:
         assert lane.job is not None and lane.gen is not None
         lane.gen.close()
-        done.append((lane.job, None, exc))
+        done.add(lane.job, None, exc)
         lane.gen, lane.job = None, None
 
     @staticmethod
-    def _deliver(done: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+    def deliver(done: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+        """Hand finished jobs to their loops: one ``call_soon_threadsafe`` per loop, in order."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, StepResult | None, BaseException | None]]] = {}
         for item in done:
             if item[0].loop is not None and item[0].deliver is not None:
