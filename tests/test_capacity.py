@@ -42,6 +42,12 @@ def _decisions(results: list[StepResult]) -> list[tuple[object, ...]]:
     return [(w, tuple(r.hits)) for r in results for w in r.windows]
 
 
+def _stepped_alone(pcm: np.ndarray, chunk: int, ticks: int) -> list[StepResult]:
+    """One call's first ``ticks`` chunks through its own models, each window through Silero alone."""
+    models = GateModels(GateOptions(), 16_000)
+    return [models.step(pcm[i * chunk:(i + 1) * chunk], 200.0) for i in range(ticks)]
+
+
 def test_batched_silero_gives_every_call_the_decisions_it_gets_alone(shared_data: Path) -> None:
     """Six calls' 20 ms chunks through one detector drain per tick (Silero batched across the calls), two ticks
     at a time for every other call (a backlog): every window's decision and every spotted phrase bit-identical to
@@ -49,10 +55,7 @@ def test_batched_silero_gives_every_call_the_decisions_it_gets_alone(shared_data
     streams = _streams(shared_data)
     chunk = 320
     ticks = min(len(s) for s in streams) // chunk - 1
-    alone = []
-    for pcm in streams:
-        models = GateModels(GateOptions(), 16_000)
-        alone.append(_decisions([models.step(pcm[i * chunk:(i + 1) * chunk], 200.0) for i in range(ticks)]))
+    alone = [_decisions(_stepped_alone(pcm, chunk, ticks)) for pcm in streams]
     detectors = DetectorThread()
     calls = [GateModels(GateOptions(), 16_000) for _ in streams]
     batched: list[list[StepResult]] = [[] for _ in streams]
@@ -82,10 +85,7 @@ async def test_detector_thread_delivers_each_calls_chunks_in_order_on_its_loop(s
     loop = asyncio.get_running_loop()
     streams = _streams(shared_data)[:3]
     chunk, ticks = 320, 150
-    alone = []
-    for pcm in streams:
-        models = GateModels(GateOptions(), 16_000)
-        alone.append(_decisions([models.step(pcm[i * chunk:(i + 1) * chunk], 200.0) for i in range(ticks)]))
+    alone = [_decisions(_stepped_alone(pcm, chunk, ticks)) for pcm in streams]
     detectors = DetectorThread()
     calls = [GateModels(GateOptions(), 16_000) for _ in streams]
     broken = GateModels(GateOptions(), 16_000)

@@ -25,6 +25,7 @@ WINDOW_SAMPLES = 512
 """Silero's window at 16 kHz: 32 ms."""
 WINDOW_MS = 1000.0 * WINDOW_SAMPLES / PIPELINE_SAMPLE_RATE
 _CONTEXT_SAMPLES = 64
+_SR = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
 
 
 def silero_model_path() -> Path:
@@ -77,13 +78,12 @@ def silero_batch(queries: list[VadQuery]) -> list[tuple[float, np.ndarray]]:
     row's probability and next state are bit-identical to a run of that row alone (``tests/test_capacity.py``), so
     batching changes no decision. Returns ``(probability, next state)`` per query, in order."""
     session = _session()
-    sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
     if len(queries) == 1:
-        out, state = session.run(None, {"input": queries[0].x, "state": queries[0].state, "sr": sr})  # type: ignore[attr-defined]
+        out, state = session.run(None, {"input": queries[0].x, "state": queries[0].state, "sr": _SR})  # type: ignore[attr-defined]
         return [(float(out[0][0]), state)]
     x = np.concatenate([q.x for q in queries], axis=0)
     states = np.concatenate([q.state for q in queries], axis=1)
-    out, new_states = session.run(None, {"input": x, "state": states, "sr": sr})  # type: ignore[attr-defined]
+    out, new_states = session.run(None, {"input": x, "state": states, "sr": _SR})  # type: ignore[attr-defined]
     return [(float(out[i][0]), np.ascontiguousarray(new_states[:, i:i + 1, :])) for i in range(len(queries))]
 
 
@@ -100,8 +100,7 @@ class SileroVad:
     """
 
     def __init__(self) -> None:
-        self._session = _session()
-        self._sr = np.array(PIPELINE_SAMPLE_RATE, dtype=np.int64)
+        _session()  # loaded now, not on the first window
         self.reset()
 
     def reset(self) -> None:
@@ -125,9 +124,9 @@ class SileroVad:
 
     def __call__(self, window: np.ndarray) -> float:
         """Probability that ``window`` (512 samples, s16 or float in [-1, 1]) is speech."""
-        query = self.query(window)
-        out, self._state = self._session.run(None, {"input": query.x, "state": query.state, "sr": self._sr})  # type: ignore[attr-defined]
-        return float(out[0][0])
+        (prob, state), = silero_batch([self.query(window)])
+        self.commit(state)
+        return prob
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,7 +57,10 @@ class Job:
     """The spotter's switch when the chunk arrived (None: the models' current one)."""
     urgent: bool = True
     """The chunk could start speech: it wakes the thread at once. A quiet one waits for the next tick."""
-    submitted: float = field(default_factory=time.perf_counter)
+
+
+Finished = tuple[Job, "StepResult | None", "BaseException | None"]
+"""A chunk's job with its result, or the exception its step raised."""
 
 
 class _Results:
@@ -67,7 +70,7 @@ class _Results:
     __slots__ = ("items", "sent")
 
     def __init__(self) -> None:
-        self.items: list[tuple[Job, StepResult | None, BaseException | None]] = []
+        self.items: list[Finished] = []
         self.sent = 0
 
     def add(self, job: Job, result: StepResult | None, exc: BaseException | None) -> None:
@@ -109,8 +112,6 @@ class DetectorThread:
         """Silero runs so far (all calls)."""
         self.windows = 0
         """Windows classified so far (``windows / runs``: the mean batch)."""
-        self.jobs = 0
-        """Jobs done so far."""
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` (any thread); its result is delivered on ``job.loop``."""
@@ -141,7 +142,7 @@ class DetectorThread:
             except BaseException:  # never lose the thread: every call of the process depends on it
                 log.exception("the detector thread failed on a batch")
 
-    def drain(self, jobs: list[Job]) -> list[tuple[Job, StepResult | None, BaseException | None]]:
+    def drain(self, jobs: list[Job]) -> list[Finished]:
         """Run ``jobs`` to completion (calls' jobs in order), Silero batched across calls, delivering each result on
         its job's loop (an urgent one at once). Returns ``(job, result, exception)`` for every chunk, in the order
         they finished."""
@@ -173,12 +174,10 @@ class DetectorThread:
                 query = self._advance(lane, VadAnswer(prob, state, share_ms), done)
                 if query is not None:
                     waiting.append((lane, query))
-        self.jobs += len(done.items)
         done.flush()
         return done.items
 
-    def _advance(self, lane: _Lane, answer: VadAnswer | None,
-                 done: _Results) -> VadQuery | None:
+    def _advance(self, lane: _Lane, answer: VadAnswer | None, done: _Results) -> VadQuery | None:
         """Step the lane's current job with ``answer`` (or start its next job) until it needs Silero (the query) or
         the lane has no job left (None)."""
         while True:
@@ -206,17 +205,16 @@ class DetectorThread:
                 done.add(lane.job, None, exc)
             lane.gen, lane.job, answer = None, None, None
 
-    def _fail(self, lane: _Lane, exc: BaseException,
-              done: _Results) -> None:
+    def _fail(self, lane: _Lane, exc: BaseException, done: _Results) -> None:
         assert lane.job is not None and lane.gen is not None
         lane.gen.close()
         done.add(lane.job, None, exc)
         lane.gen, lane.job = None, None
 
     @staticmethod
-    def deliver(done: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+    def deliver(done: list[Finished]) -> None:
         """Hand finished jobs to their loops: one ``call_soon_threadsafe`` per loop, in order."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, StepResult | None, BaseException | None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[Finished]] = {}
         for item in done:
             if item[0].loop is not None and item[0].deliver is not None:
                 by_loop.setdefault(item[0].loop, []).append(item)
@@ -227,7 +225,7 @@ class DetectorThread:
                 pass
 
 
-def _deliver_all(items: list[tuple[Job, StepResult | None, BaseException | None]]) -> None:
+def _deliver_all(items: list[Finished]) -> None:
     for job, result, exc in items:
         assert job.deliver is not None
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -24,7 +23,15 @@ from voicegate.asr.kws import KeywordHit, KeywordSpotter
 from voicegate.asr.scheduler import AsrRequest, AsrService, SimulatedAsr
 from voicegate.asr.turns import CallTurns, TurnService
 from voicegate.audio.echo import EchoControl
-from voicegate.audio.vad import WINDOW_SAMPLES, VadAnswer, VadDetector, VadQuery, VadWindow, silero_batch
+from voicegate.audio.vad import (
+    WINDOW_SAMPLES,
+    VadAnswer,
+    VadDetector,
+    VadQuery,
+    VadWindow,
+    dbfs_window,
+    silero_batch,
+)
 from voicegate.config import PIPELINE_SAMPLE_RATE, AsrOptions, GateOptions, Options, TurnOptions, options_from_env
 from voicegate.gate.detectors import DetectorThread, Job, detector_thread
 from voicegate.gate.reflex import Gate
@@ -244,42 +251,37 @@ class LiveGateDriver:
         loop = self._loop = asyncio.get_running_loop()
         kws = spotter_wanted(self.gate)
         self.ran_at_once = self.could_be_speech(pcm)
-        if not self.ran_at_once:
-            self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
-                                      functools.partial(self._deliver_quiet, received_ms), kws_enabled=kws,
-                                      urgent=False))
-            return
-        finished: asyncio.Future[None] = loop.create_future()
-
-        def deliver(result: StepResult | None, exc: BaseException | None) -> None:
-            if result is not None and not self._closed:
-                self._apply(result, received_ms)
-            if not finished.done():
-                if exc is not None:
-                    finished.set_exception(exc)
-                else:
-                    finished.set_result(None)
-
-        self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop, deliver, kws_enabled=kws))
-        await finished
+        finished: asyncio.Future[None] | None = loop.create_future() if self.ran_at_once else None
+        self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
+                                  functools.partial(self._deliver, received_ms, finished), kws_enabled=kws,
+                                  urgent=self.ran_at_once))
+        if finished is not None:
+            await finished
 
     def could_be_speech(self, pcm: np.ndarray) -> bool:
         """Whether this chunk's results could start speech or a decision soon: it is at least ``min_speech_dbfs``
         (the VAD's hard floor: a window of quieter chunks is never voiced), or one was in the last
         :data:`QUIET_AFTER_LOUD_SAMPLES`, or the VAD is in speech (its end, the spotter's late hits)."""
-        x = pcm.astype(np.float32)
-        level_dbfs = 10.0 * math.log10(float(np.dot(x, x)) / (max(len(x), 1) * 1073741824.0) + 1e-12)
-        if level_dbfs >= self.models.options.min_speech_dbfs:
+        if dbfs_window(pcm) >= self.models.options.min_speech_dbfs:
             self._since_loud_samples = 0
         else:
             self._since_loud_samples += len(pcm)
         return self._since_loud_samples < QUIET_AFTER_LOUD_SAMPLES or self.models.vad.speaking
 
-    def _deliver_quiet(self, received_ms: float | None, result: StepResult | None, exc: BaseException | None) -> None:
+    def _deliver(self, received_ms: float | None, finished: asyncio.Future[None] | None, result: StepResult | None,
+                 exc: BaseException | None) -> None:
+        """On the loop: apply a chunk's results; its failure goes to the awaiting :meth:`process`, or (a quiet chunk,
+        not awaited) to the next one."""
         if result is not None and not self._closed:
             self._apply(result, received_ms)
-        if exc is not None and self._failure is None:
-            self._failure = exc  # raised by the next process(): the caller turns barge-in off as for any failure
+        if finished is None:
+            if exc is not None and self._failure is None:
+                self._failure = exc
+        elif not finished.done():
+            if exc is not None:
+                finished.set_exception(exc)
+            else:
+                finished.set_result(None)
 
     def _apply(self, result: StepResult, received_ms: float | None) -> None:
         self.applied_chunks += 1

@@ -29,27 +29,31 @@ FrameSink = Callable[[np.ndarray], None]
 
 @dataclass(eq=False)
 class PacedCall:
-    """A call the pacer plays out (returned by :meth:`FramePacer.add`; pass it to :meth:`FramePacer.remove`)."""
+    """A call the pacer plays out (returned by :meth:`FramePacer.add`)."""
 
+    pacer: FramePacer
     playout: PlayoutTrack
     sink: FrameSink
+
+    def stop(self) -> None:
+        """No more frames for this call (idempotent)."""
+        self.pacer.remove(self)
 
 
 class FramePacer:
     """Plays out every registered call's bot audio on one 20 ms grid (see the module's docstring)."""
 
     def __init__(self, frame_ms: int = 20) -> None:
-        self.frame_secs = frame_ms / 1000
+        self.frame_ms = frame_ms
         self._calls: list[PacedCall] = []
         self._task: asyncio.Task[None] | None = None
-        self.ticks = 0
 
     def add(self, playout: PlayoutTrack, sink: FrameSink) -> PacedCall:
         """Start playing ``playout`` out to ``sink`` (on the running loop) from the next tick, until
-        :meth:`remove` or until the track stops."""
-        if round(playout.options.frame_ms / 1000, 6) != round(self.frame_secs, 6):
-            raise ValueError(f"a {self.frame_secs * 1000:g} ms pacer cannot play {playout.options.frame_ms} ms frames")
-        call = PacedCall(playout, sink)
+        :meth:`remove` (:meth:`PacedCall.stop`) or until the track stops."""
+        if playout.options.frame_ms != self.frame_ms:
+            raise ValueError(f"a {self.frame_ms} ms pacer cannot play {playout.options.frame_ms} ms frames")
+        call = PacedCall(self, playout, sink)
         self._calls.append(call)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="voicegate-pacer")
@@ -62,13 +66,13 @@ class FramePacer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        frame_secs = self.frame_ms / 1000
         due = loop.time()
         while self._calls:
-            due += self.frame_secs
+            due += frame_secs
             wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self.ticks += 1
             late_secs = max(0.0, loop.time() - due)
             for call in list(self._calls):
                 if call.playout.readyState != "live":

@@ -207,7 +207,7 @@ class SocketCall(CallCore):
         reason (or normally)."""
         self.stop_listening()
         if self._paced is not None:
-            frame_pacer(self.playout.options.frame_ms).remove(self._paced)
+            self._paced.stop()
         self._outbox.put_nowait(None)
         if self._writer_task is not None:
             try:
