@@ -196,7 +196,8 @@ async def test_one_pacer_plays_every_socket_call_out_frame_by_frame_on_one_clock
     t0 = time.monotonic()
     await asyncio.sleep(0.5)
     counts = [len(r) for r in received]
-    assert all(20 <= c <= 27 for c in counts), counts  # 25 frames of 20 ms in 0.5 s
+    due = (time.monotonic() - t0) / 0.020  # one frame per 20 ms since the calls were added (however late the loop)
+    assert all(due - 3 <= c <= due + 1 for c in counts), (counts, due)
     assert max(counts) - min(counts) <= 1, counts  # one clock for all
     for k, frames in enumerate(received):
         audio = np.concatenate(frames)
