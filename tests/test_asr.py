@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from voicegate.asr import vosk as vosk_module
 from voicegate.asr.base import Transcript, spoken_text, syllables
 from voicegate.asr.kws import KeywordSpotter
 from voicegate.asr.vosk import VoskAsr, find_vosk_model
-from voicegate.asr.whisper import WhisperAsr
+from voicegate.asr.whisper import BLAS_THREAD_VARIABLES, WhisperAsr
 from voicegate.audio.pcm import load_audio
 from voicegate.bench.asr_eval import word_errors, words
 
@@ -54,6 +55,17 @@ def test_long_audio_is_decoded_in_windows(whisper: WhisperAsr, shared_data: Path
     assert len(clip) > 16_000 * 40
     result = whisper.transcribe(clip)
     assert len(words(result.text)) > 80, "a minute of speech is transcribed past Whisper's 30 s window"
+
+
+def test_whisper_leaves_numpy_one_blas_thread(whisper: WhisperAsr) -> None:
+    """A second OpenBLAS thread spin-waits after every feature extraction (≈ 100 ms of a core per decode)."""
+    from threadpoolctl import threadpool_info
+
+    if any(name in os.environ for name in BLAS_THREAD_VARIABLES):
+        pytest.skip("the BLAS thread count was set in the environment; voicegate leaves it")
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy's BLAS was not found"
+    assert all(pool["num_threads"] == 1 for pool in blas), blas
 
 
 def test_sound_annotations_and_syllables() -> None:
