@@ -19,7 +19,7 @@ from voicegate.client import Caller, ClipTrack
 from voicegate.config import GateOptions
 from voicegate.gate.detectors import DetectorThread, Job
 from voicegate.gate.driver import GateModels, LiveGateDriver, StepResult
-from voicegate.load import run_load
+from voicegate.load import machine_cpus, run_load
 from voicegate.media.inbound import DecodingJitterBuffer
 from voicegate.media.opus import OpusDecoder
 from voicegate.reflex import Reflex
@@ -201,6 +201,10 @@ async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transpor
     assert result["caller_pauses"] >= 0.5 * result["phrases"], result
     assert 20 < result["caller_pause_ms_p50"] < 400, result
     assert result["callers_cpu_percent_of_one_core"] < 0.5 * result["server_cpu_percent_of_one_core"], result
+    # The machine's idle share leaves room for what the server and the callers were measured to run.
+    ran = result["server_cpu_percent_of_one_core"] + result["callers_cpu_percent_of_one_core"]
+    measured_busy = ran / machine_cpus()
+    assert 0 <= result["machine_idle_percent"] <= 100 - measured_busy + 5, result
 
 
 @pytest.mark.parametrize(("rate", "encoding", "playout_rate", "frame_bytes"),
