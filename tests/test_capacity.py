@@ -19,7 +19,7 @@ from voicegate.client import Caller, ClipTrack
 from voicegate.config import GateOptions
 from voicegate.gate.detectors import DetectorThread, Job
 from voicegate.gate.driver import GateModels, LiveGateDriver, StepResult
-from voicegate.load import machine_cpus, run_load
+from voicegate.load import machine_cpus, run_load, summarize_rounds
 from voicegate.media.inbound import DecodingJitterBuffer
 from voicegate.media.opus import OpusDecoder
 from voicegate.reflex import Reflex
@@ -205,6 +205,22 @@ async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transpor
     ran = result["server_cpu_percent_of_one_core"] + result["callers_cpu_percent_of_one_core"]
     measured_busy = ran / machine_cpus()
     assert 0 <= result["machine_idle_percent"] <= 100 - measured_busy + 5, result
+
+
+def test_rounds_are_summarized_as_median_and_spread() -> None:
+    """`voicegate load --rounds N`: each figure's median, lowest and highest; a figure no round measured is None."""
+    base = {"calls": 4, "transport": "ws", "mode": "quiet", "workers": 2, "failed_calls": 0,
+            "server_cpu_percent_of_one_core": 20.0, "callers_cpu_percent_of_one_core": 3.0,
+            "machine_idle_percent": 88.0, "frames_late_over_20ms": 0.0, "caller_pause_ms_p50": None,
+            "caller_pause_ms_p95": None}
+    rounds = [{**base, "per_call_cpu_percent": v} for v in (7.2, 4.6, 4.9)]
+    rounds[1]["failed_calls"] = 1
+    summary = summarize_rounds(rounds)
+    assert summary["summary"] is True and summary["rounds"] == 3 and summary["failed_calls"] == 1
+    assert summary["per_call_cpu_percent"] == {"median": 4.9, "min": 4.6, "max": 7.2}
+    assert summary["caller_pause_ms_p95"] is None
+    with pytest.raises(ValueError):
+        summarize_rounds([])
 
 
 @pytest.mark.parametrize(("rate", "encoding", "playout_rate", "frame_bytes"),

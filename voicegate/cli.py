@@ -171,16 +171,23 @@ def _load(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from voicegate.load import run_load, run_soak
+    from voicegate.load import run_load, run_soak, summarize_rounds
 
     logging.getLogger("voicegate").setLevel(logging.WARNING)
     if args.soak:
         print(json.dumps(asyncio.run(run_soak(args.soak)), indent=1))
         return 0
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
     for calls in args.calls:
-        print(json.dumps(asyncio.run(run_load(calls, args.secs, args.url, quiet=args.quiet, workers=args.workers,
-                                              server_pid=args.server_pid, transport=args.transport))),
-              flush=True)
+        rounds = []
+        for index in range(args.rounds):
+            result = asyncio.run(run_load(calls, args.secs, args.url, quiet=args.quiet, workers=args.workers,
+                                          server_pid=args.server_pid, transport=args.transport))
+            rounds.append(result)
+            print(json.dumps({**result, "round": index + 1} if args.rounds > 1 else result), flush=True)
+        if args.rounds > 1:
+            print(json.dumps(summarize_rounds(rounds)), flush=True)
     return 0
 
 
@@ -262,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("load", help="concurrent real calls on loopback (or a connect/hang-up soak)")
     load.add_argument("--calls", type=int, nargs="+", default=[4], help="concurrent calls (several: a sweep)")
     load.add_argument("--secs", type=float, default=20.0, help="talk time per run")
+    load.add_argument("--rounds", type=int, default=1,
+                      help="repeat each run N times (a fresh server each, unless --url): a JSON line per round, "
+                           "then one with each figure's median, min and max (\"summary\": true)")
     load.add_argument("--url", default=None, help="an already running server (default: start one)")
     load.add_argument("--soak", type=int, default=0, metavar="CYCLES", help="sequential connect/talk/hang-up")
     load.add_argument("--quiet", action="store_true",

@@ -436,6 +436,32 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
     return result
 
 
+ROUND_FIGURES = ("per_call_cpu_percent", "server_cpu_percent_of_one_core", "callers_cpu_percent_of_one_core",
+                 "machine_idle_percent", "frames_late_over_20ms", "caller_pause_ms_p50", "caller_pause_ms_p95")
+"""The figures :func:`summarize_rounds` gives as median, lowest and highest over the rounds."""
+
+
+def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One line for several rounds of the same run (``voicegate load --rounds N``): each of ``ROUND_FIGURES`` as
+    ``{"median", "min", "max"}`` over the rounds that measured it (``None`` when none did).
+
+    A single run is not a figure: on these shared 2-core machines the same command on the same code read 4.6 to
+    7.2 % per quiet call within one hour (README, "cost per call and capacity"); the spread says how far to trust
+    the median, and two versions are compared by interleaving their rounds.
+    """
+    if not rounds:
+        raise ValueError("no rounds to summarize")
+    first = rounds[0]
+    out: dict[str, Any] = {"summary": True, "rounds": len(rounds), "calls": first["calls"],
+                           "transport": first["transport"], "mode": first["mode"], "workers": first.get("workers"),
+                           "failed_calls": sum(r["failed_calls"] for r in rounds)}
+    for name in ROUND_FIGURES:
+        values = [float(r[name]) for r in rounds if r.get(name) is not None]
+        out[name] = ({"median": round(float(np.median(values)), 4 if name.startswith("frames") else 1),
+                      "min": min(values), "max": max(values)} if values else None)
+    return out
+
+
 async def run_soak(cycles: int, talk_secs: float = 1.5) -> dict[str, Any]:
     """``cycles`` sequential connect / talk / hang-up calls; resource figures at the start and the end."""
     server = await start_server(2)
