@@ -76,7 +76,8 @@ async def test_bot_greets_within_1_5_s_and_events_flow(server: TestServer) -> No
         await asyncio.sleep(1.0)
         assert caller.bot_rms(last_frames=25) > 200, "the caller hears the bot's voice"
         async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/healthz") as res:
-            assert await res.json() == {"status": "ok", "sessions": 1, "max_sessions": 4, "full": False}
+            assert await res.json() == {"status": "ok", "sessions": 1, "max_sessions": 4, "full": False,
+                                        "warming": False}
         async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/readyz") as res:
             assert res.status == 200 and (await res.json())["ready"] is True
     finally:

@@ -41,7 +41,9 @@ async def test_bad_offer_bodies(server: TestServer, body: bytes, content_type: s
             assert res.content_type == "application/json"
             assert fragment in (await res.json())["error"]
         async with http.get(f"{base_url(server)}/healthz") as res:
-            assert await res.json() == {"status": "ok", "sessions": 0, "max_sessions": 4, "full": False}
+            health = await res.json()
+            assert isinstance(health.pop("warming"), bool)  # the models may still be loading in this process
+            assert health == {"status": "ok", "sessions": 0, "max_sessions": 4, "full": False}
 
 
 async def test_offer_without_audio_is_refused(server: TestServer) -> None:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -285,3 +286,39 @@ async def test_twilio_and_the_token_through_the_supervisor_and_the_relay_fallbac
         assert holders == {server.proc.pid}, "relayed: the supervisor holds the client's connection"
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_readyz_waits_for_the_models_while_healthz_answers(workers: int) -> None:
+    """A server that has just started is alive (``/healthz`` 200) but not ready (``/readyz`` 503, ``warming``)
+    until its models are in memory; then ready. A load balancer sends it no call that would wait seconds for them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicegate", "serve", "--port", str(port), "--workers", str(workers),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    seen: list[tuple[int, bool, int]] = []  # (readyz status, warming, healthz status)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                health_status, health = await _get(f"{url}/healthz")
+                status, ready = await _get(f"{url}/readyz")
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+                continue
+            if workers > 1 and health["workers"] < workers:
+                await asyncio.sleep(0.05)  # the supervisor answers before its workers do: not this test's subject
+                continue
+            seen.append((status, bool(ready["warming"]), health_status))
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert seen and seen[-1][:2] == (200, False), seen
+        assert any(s == (503, True, 200) for s in seen), f"never seen warming: {seen}"
+        assert all(s[0] == 200 or s[1] for s in seen), "503 only for warming (the server is empty)"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)

@@ -40,6 +40,8 @@ CALLS_PER_PROCESS = 3
 SOCKET_CALLS_PER_PROCESS = 8
 """``/ws`` and ``/twilio`` callers per caller process (each costs a small fraction of an aiortc caller)."""
 TRANSPORTS = ("webrtc", "ws", "twilio")
+SERVER_START_SECS = 120.0
+"""How long a server started here may take to answer ``/readyz`` (its models loaded) with 200."""
 
 
 def _stat(pid: int) -> list[str]:
@@ -135,7 +137,8 @@ class ServerProcess:
 
 async def start_server(max_sessions: int, workers: int | None = None,
                        env: dict[str, str] | None = None) -> ServerProcess:
-    """Start ``voicegate serve`` on a free loopback port and wait for ``/healthz`` (``env``: added variables)."""
+    """Start ``voicegate serve`` on a free loopback port and wait for ``/readyz`` (its models loaded; ``env``: added
+    variables)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -146,16 +149,19 @@ async def start_server(max_sessions: int, workers: int | None = None,
                                                 *extra, env=env, stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_SECS
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        while time.monotonic() < deadline and proc.returncode is None:
             try:
-                async with http.get(f"{url}/healthz") as res:
+                async with http.get(f"{url}/readyz") as res:
                     if res.status == 200:
                         return ServerProcess(proc, url)
             except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("voicegate serve did not come up")
+                pass
+            await asyncio.sleep(0.1)
+    if proc.returncode is None:
+        proc.kill()
+    raise RuntimeError(f"voicegate serve was not ready within {SERVER_START_SECS:.0f} s (exit code {proc.returncode})")
 
 
 async def scrape(url: str, token: str | None = None) -> dict[str, float]:

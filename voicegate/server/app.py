@@ -33,6 +33,9 @@ OPTIONS = web.AppKey("options", Options)
 METRICS = web.AppKey("metrics", Metrics)
 SESSION_HOOK = web.AppKey("session_hook", list[Callable[[CallCore], None]])
 RATE = web.AppKey("rate", dict[str, deque[float]])
+PRELOAD = web.AppKey("preload", list[asyncio.Future[Any]])
+"""The models' load started with the server (one future, once started): ``/readyz`` says 503 (``warming``) until it
+is done."""
 TOKEN_IN_START = web.RequestKey("token_in_start", bool)
 """Set on a ``/twilio`` request whose token is checked in the Media Streams ``start`` message instead."""
 
@@ -229,18 +232,29 @@ async def twilio_call(request: web.Request) -> web.StreamResponse:
         'Twilio <Stream url="wss://...">')
 
 
+def warming(app: web.Application) -> bool:
+    """Whether the models are still loading (a call placed now waits for them; a failed load counts as done: each
+    call retries it and says why it failed)."""
+    return any(not load.done() for load in app.get(PRELOAD, []))
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness plus the number of live calls and whether another fits (never needs the token)."""
+    """Liveness plus the number of live calls, whether another fits and whether the models are still loading
+    (never needs the token)."""
     sessions, limit = len(request.app[SESSIONS]), request.app[OPTIONS].server.max_sessions
     return web.json_response({"status": "ok", "sessions": sessions, "max_sessions": limit,
-                              "full": sessions >= limit})
+                              "full": sessions >= limit, "warming": warming(request.app)})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 while another call fits, 503 when full: what a load balancer checks before sending an offer here."""
+    """200 while another call fits and the models are loaded; 503 when full or still ``warming``: what a load
+    balancer checks before sending an offer here (a server that has just started takes no call before its models
+    are in memory, so no caller waits seconds for them)."""
     sessions, limit = len(request.app[SESSIONS]), request.app[OPTIONS].server.max_sessions
-    return web.json_response({"ready": sessions < limit, "sessions": sessions, "max_sessions": limit},
-                             status=200 if sessions < limit else 503)
+    loading = warming(request.app)
+    ready = sessions < limit and not loading
+    return web.json_response({"ready": ready, "sessions": sessions, "max_sessions": limit, "warming": loading},
+                             status=200 if ready else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -284,6 +298,7 @@ def create_app(options: Options | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app[PRELOAD] = []
     app.on_startup.append(_preload_models)
     app.on_shutdown.append(_close_sessions)
     return app
@@ -295,6 +310,7 @@ async def _preload_models(app: web.Application) -> None:
     loop = asyncio.get_running_loop()
     task = loop.run_in_executor(None, shared_models, app[OPTIONS].turn)
     task.add_done_callback(_preloaded)
+    app[PRELOAD].append(task)
 
 
 def _preloaded(future: asyncio.Future[Any]) -> None:

@@ -17,7 +17,8 @@ bytes already read past the head, no ``SCM_RIGHTS``) the supervisor relays the c
 codes and reasons included.
 
 - ``GET /healthz``: the sum over workers, plus ``workers`` alive and ``max_sessions`` (all workers together).
-- ``GET /readyz``: 200 while a call can be taken, 503 when every worker is full (for load balancers).
+- ``GET /readyz``: 200 while a worker whose models are loaded has room for a call, 503 when every worker is full or
+  still loading its models (``warming``; for load balancers).
 - ``GET /metrics``: every worker's series labelled ``worker="i"``, then the supervisor's own.
 - A worker that dies is restarted on a new port (its calls are gone with it: their peers see the connection end);
   ``SIGTERM`` stops every worker, each of which closes its calls cleanly, then the supervisor.
@@ -70,6 +71,9 @@ class Worker:
     pending: int = 0
     """Offers forwarded and not yet answered (counted against its capacity until ``/healthz`` shows them)."""
     ready: bool = False
+    warming: bool = True
+    """Its models are still loading (its last ``/healthz`` said so): it takes calls only when no warm worker has
+    room, and it does not make the supervisor ready."""
     answered_at: list[float] = field(default_factory=list)
     """When offers it answered came back: a ``/healthz`` poll that started earlier may not count those calls."""
     restarts: int = 0
@@ -122,7 +126,7 @@ class Supervisor:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             worker.port = s.getsockname()[1]
-        worker.ready, worker.sessions, worker.reported, worker.pending = False, 0, 0, 0
+        worker.ready, worker.warming, worker.sessions, worker.reported, worker.pending = False, True, 0, 0, 0
         worker.answered_at = []
         worker.started = time.monotonic()
         env = {**os.environ, "VOICEGATE_OFFERS_PER_MINUTE": "0", "VOICEGATE_WORKER_INDEX": str(worker.index)}
@@ -156,6 +160,7 @@ class Supervisor:
         worker.answered_at = [t for t in worker.answered_at if t > started]
         worker.reported = int(body.get("sessions", 0))
         worker.sessions = worker.reported + len(worker.answered_at)
+        worker.warming = bool(body.get("warming", False))
         worker.ready = True
         return True
 
@@ -180,10 +185,10 @@ class Supervisor:
             await self._spawn(worker)
 
     def pick(self) -> list[Worker]:
-        """Live workers with room for one more call, most free first."""
+        """Live workers with room for one more call: those whose models are loaded first, most free first."""
         limit = self.options.server.max_sessions
         free = [w for w in self.workers if w.ready and w.sessions + w.pending < limit]
-        return sorted(free, key=lambda w: (w.sessions + w.pending, w.index))
+        return sorted(free, key=lambda w: (w.warming, w.sessions + w.pending, w.index))
 
     async def forward_offer(self, body: bytes, headers: dict[str, str]) -> web.Response:
         """Send the offer to the freest worker; on a race (its 503) try the next one."""
@@ -393,14 +398,16 @@ async def _healthz(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
     return web.json_response({"status": "ok", "sessions": sup.sessions, "max_sessions": sup.capacity,
                               "full": not sup.pick(), "workers": sum(w.ready for w in sup.workers),
+                              "warming": sum(w.ready and w.warming for w in sup.workers),
                               "worker_restarts": sum(w.restarts for w in sup.workers)})
 
 
 async def _readyz(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
-    ready = bool(sup.pick())
-    return web.json_response({"ready": ready, "sessions": sup.sessions, "max_sessions": sup.capacity},
-                             status=200 if ready else 503)
+    free = sup.pick()
+    ready = any(not w.warming for w in free)
+    return web.json_response({"ready": ready, "sessions": sup.sessions, "max_sessions": sup.capacity,
+                              "warming": bool(free) and not ready}, status=200 if ready else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
