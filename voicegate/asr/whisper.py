@@ -63,12 +63,11 @@ set for other libraries in containers, does not count: OpenBLAS would follow it 
 def one_blas_thread() -> None:
     """Limit numpy's BLAS to one thread in this process (once; unless a ``BLAS_THREAD_VARIABLES`` is set).
 
-    Whisper's feature extractor multiplies the spectrogram by the mel filters through numpy, and OpenBLAS runs
-    that product on a second thread that then spin-waits for more work: ≈ 100 ms of a core burnt per decode
-    (measured: a turn decode 224 → 112 ms of CPU, and faster, with one thread), on every partial and every turn,
-    while the calls' own threads wait for that core. The product itself takes ≈ 1 ms on one thread. In a server
-    under constant barge-in, ``OPENBLAS_NUM_THREADS=2`` cost 14.2–14.6 % of a core per ``/twilio`` call against
-    9.2 % with this limit (README, "cost per call").
+    Whisper's feature extractor multiplies the spectrogram by the mel filters through numpy, and OpenBLAS can run
+    that product on a second thread that then spin-waits for more work: a turn decode called from a script took
+    224 ms of CPU for 126 ms of work, 112 ms with one thread (and no slower). In the server, under constant
+    barge-in, ``OPENBLAS_NUM_THREADS=2`` cost 14.2–14.6 % of a core per ``/twilio`` call against 9.2 % with this
+    limit (README, "cost per call"). The product itself takes ≈ 1 ms on one thread.
     """
     if any(name in os.environ for name in BLAS_THREAD_VARIABLES):
         return
