@@ -94,6 +94,28 @@ def test_keyword_spotter_hears_stop_and_not_yes(shared_data: Path) -> None:
     assert sum(bool(hits) for hits in yeses) <= 1, yeses
 
 
+def test_a_resting_spotter_spots_the_same_and_decodes_a_third(shared_data: Path) -> None:
+    """With a level to rest below, the spotter skips silence (2 s before each word here) but hears what it heard."""
+    phrases = ("stop", "wait", "cancel")
+    always, resting = KeywordSpotter(phrases), KeywordSpotter(phrases, quiet_dbfs=-55.0)
+
+    def spot(spotter: KeywordSpotter, clip: np.ndarray) -> list[tuple[str, int]]:
+        spotter.reset()
+        stream = np.concatenate([np.zeros(32_000, np.int16), clip, np.zeros(16_000, np.int16)])
+        return [(h.phrase, h.end_samples) for i in range(0, len(stream), 320)
+                for h in spotter.feed(stream[i:i + 320])]
+
+    clips = {word: _clips(shared_data, f"speech/speech_commands/{word}", "*.wav") for word in ("stop", "yes", "go")}
+    heard = {word: [(spot(always, c), spot(resting, c)) for c in cs] for word, cs in clips.items()}
+    stops_always = sum(bool(a) for a, _ in heard["stop"])
+    stops_resting = sum(bool(r) for _, r in heard["stop"])
+    assert stops_always >= 5 and abs(stops_resting - stops_always) <= 1, heard["stop"]
+    assert sum(bool(r) for word in ("yes", "go") for _, r in heard[word]) <= 1
+    same_place = [a[0][1] == r[0][1] for a, r in heard["stop"] if a and r]
+    assert sum(same_place) >= len(same_place) - 1, heard["stop"]  # a hit is reported at the same sample
+    assert resting.decoded_samples < 0.5 * always.decoded_samples, (resting.decoded_samples, always.decoded_samples)
+
+
 def test_missing_vosk_model_is_reported_once_with_the_fix(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     vosk_module._warned = False
     with caplog.at_level(logging.WARNING):

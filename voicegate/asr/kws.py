@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voicegate.audio.vad import dbfs_window
+
 log = logging.getLogger(__name__)
 
 # Per-phrase thresholds, swept on ../shared/data with all phrases in one decoder: 8 Speech Commands "stop" clips
@@ -22,6 +24,14 @@ log = logging.getLogger(__name__)
 # the transcript (Whisper + the relevance model), which costs ≈0.5 s more.
 DEFAULT_THRESHOLDS = {"stop": 1e-8, "wait": 1e-4, "cancel": 1e-15}
 
+SAMPLE_RATE = 16_000
+REST_AFTER_SAMPLES = SAMPLE_RATE * 4 // 10
+"""With a ``quiet_dbfs`` level, the spotter stops decoding once this long (400 ms) has passed without a chunk at that
+level: a phrase is reported a few frames after it ends, and its last sounds can be quiet."""
+PREROLL_SAMPLES = SAMPLE_RATE * 3 // 10
+"""When a loud chunk comes after a rest, the spotter first decodes the last 300 ms it rested through, so that it
+hears the phrase's quiet start and the silence before it, as it would have without resting."""
+
 
 
 @dataclass(frozen=True)
@@ -33,9 +43,16 @@ class KeywordHit:
 
 
 class KeywordSpotter:
-    """Streams 16 kHz s16 PCM through PocketSphinx and reports configured phrases as they are heard."""
+    """Streams 16 kHz s16 PCM through PocketSphinx and reports configured phrases as they are heard.
 
-    def __init__(self, phrases: tuple[str, ...], thresholds: dict[str, float] | None = None) -> None:
+    ``quiet_dbfs``: rest on quiet input. Decoding costs the same for silence as for speech (PocketSphinx scores every
+    10 ms frame), and a caller who listens sends mostly silence; with a level set, a chunk is decoded only when it
+    or one in the last :data:`REST_AFTER_SAMPLES` reaches it, and the :data:`PREROLL_SAMPLES` before the first loud
+    chunk are decoded first. ``None`` decodes everything.
+    """
+
+    def __init__(self, phrases: tuple[str, ...], thresholds: dict[str, float] | None = None,
+                 quiet_dbfs: float | None = None) -> None:
         from pocketsphinx import Decoder
 
         table = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
@@ -43,6 +60,12 @@ class KeywordSpotter:
         self.phrases = tuple(known)
         self._decoder = None
         self._position = 0
+        self.quiet_dbfs = quiet_dbfs
+        self._since_loud_samples = REST_AFTER_SAMPLES  # resting until something is heard
+        self._held = np.zeros(0, dtype=np.int16)
+        """The last samples rested through (at most :data:`PREROLL_SAMPLES`), already counted in the position."""
+        self.decoded_samples = 0
+        """Samples decoded so far, pre-roll included (what resting saves shows here)."""
         if not known:
             return
         fd, self._kws_path = tempfile.mkstemp(suffix=".kws", prefix="voicegate-")
@@ -58,7 +81,22 @@ class KeywordSpotter:
         """Process a chunk; returns the phrases completed in it."""
         if self._decoder is None:
             return []
-        self._decoder.process_raw(pcm.astype(np.int16, copy=False).tobytes(), False, False)
+        pcm = pcm.astype(np.int16, copy=False)
+        if self.quiet_dbfs is not None:
+            if dbfs_window(pcm) >= self.quiet_dbfs:
+                self._since_loud_samples = 0
+            else:
+                self._since_loud_samples += len(pcm)
+            if self._since_loud_samples >= REST_AFTER_SAMPLES:
+                self._held = np.concatenate([self._held, pcm])[-PREROLL_SAMPLES:]
+                self._position += len(pcm)
+                return []
+            if len(self._held):
+                self._decoder.process_raw(self._held.tobytes(), False, False)
+                self.decoded_samples += len(self._held)
+                self._held = self._held[:0]
+        self._decoder.process_raw(pcm.tobytes(), False, False)
+        self.decoded_samples += len(pcm)
         self._position += len(pcm)
         hyp = self._decoder.hyp()
         if hyp is None or not hyp.hypstr.strip():
@@ -69,6 +107,7 @@ class KeywordSpotter:
     def skip(self, samples: int) -> None:
         """Let ``samples`` of silence pass without decoding them (stream positions stay right)."""
         self._position += samples
+        self._held = self._held[:0]
 
     def reset(self) -> None:
         """Start a fresh utterance (after a hit, or when the bot starts a new turn)."""

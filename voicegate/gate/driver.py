@@ -72,7 +72,7 @@ class GateModels:
     def __init__(self, options: GateOptions, playout_sample_rate: int, echo_guard: bool = True) -> None:
         self.options = options
         self.vad = VadDetector(options)
-        self.kws = KeywordSpotter(options.stop_phrases)
+        self.kws = KeywordSpotter(options.stop_phrases, quiet_dbfs=options.min_speech_dbfs)
         self.echo = EchoControl(playout_sample_rate, options.echo_correlation, cancel=options.echo_cancel) \
             if echo_guard else None
         self._raw = np.zeros(0, dtype=np.int16)
