@@ -176,7 +176,8 @@ class CallCore:
     async def feed(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
         """One chunk of the caller's audio (16 kHz mono s16) through the gate."""
         self.received_samples += len(pcm)
-        self.inbound_sum_squares += float(np.sum(np.square(pcm.astype(np.float64))))
+        x = pcm.astype(np.float64)
+        self.inbound_sum_squares += float(np.dot(x, x))
         if self.driver is None:
             return
         try:

@@ -192,9 +192,9 @@ class PlayoutTrack(MediaStreamTrack):
     def next_frame(self) -> np.ndarray:
         """Produce the next 20 ms of output without pacing (``recv`` and the benchmark call this)."""
         n = self.frame_samples
+        if self._paused or not (self._queue or self._pause_pending):
+            return self._emit(np.zeros(n, dtype=np.int16))  # silence: nothing to mix, fade or clip
         out = np.zeros(n, dtype=np.float32)
-        if self._paused:
-            return self._emit(out)
         limit = min(n, self._fade_samples) if self._pause_pending else n
         filled = 0
         while filled < limit and self._queue:
@@ -225,7 +225,7 @@ class PlayoutTrack(MediaStreamTrack):
         return self._emit(out)
 
     def _emit(self, out: np.ndarray) -> np.ndarray:
-        pcm = np.clip(out, -32768, 32767).astype(np.int16)
+        pcm = out if out.dtype == np.int16 else np.clip(out, -32768, 32767, out=out).astype(np.int16)
         n, size = len(pcm), len(self._history)
         start = self._emitted_samples % size
         first = min(n, size - start)
