@@ -200,11 +200,33 @@ async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transpor
     assert result["phrases"] >= 6
     assert result["caller_pauses"] >= 0.5 * result["phrases"], result
     assert 20 < result["caller_pause_ms_p50"] < 400, result
+    if transport == "ws":  # the bot's voice ends (and bot.paused arrives) before the first whole silent frame
+        assert result["caller_voice_end_ms_p50"] < result["caller_pause_ms_p50"], result
+        assert result["caller_paused_event_ms_p50"] < result["caller_pause_ms_p50"], result
     assert result["callers_cpu_percent_of_one_core"] < 0.5 * result["server_cpu_percent_of_one_core"], result
     # The machine's idle share leaves room for what the server and the callers were measured to run.
     ran = result["server_cpu_percent_of_one_core"] + result["callers_cpu_percent_of_one_core"]
     measured_busy = ran / machine_cpus()
     assert 0 <= result["machine_idle_percent"] <= 100 - measured_busy + 5, result
+
+
+def test_ws_caller_times_the_first_silent_frame_the_voice_end_and_the_event() -> None:
+    """A ``/ws`` caller's three yardsticks on frames as they arrive: loud frames, the pause's fade frame (4 ms
+    audible), then silence; ``bot.paused`` arrives between them."""
+    from voicegate.load_socket import SocketCaller
+
+    caller = SocketCaller("", "ws")
+    onset = 10.0
+    frames = [(onset - 0.1 + 0.02 * k, 3000.0, 0.02) for k in range(8)]  # the bot talks through the onset
+    frames.append((onset + 0.06, 700.0, 0.004))  # the fade: 4 ms of voice
+    frames += [(onset + 0.08 + 0.02 * k, 0.0, 0.0) for k in range(6)]
+    caller.levels, caller.onsets = frames, [onset]
+    caller.events = [{"type": "bot.paused", "_received": onset + 0.045}]
+    assert caller.pauses_ms() == [80.0]
+    assert caller.voice_end_ms() == [64.0]
+    assert caller.paused_event_ms() == [45.0]
+    caller.events = []  # the server never said it paused: the phrase is not counted by any of them
+    assert caller.pauses_ms() == caller.voice_end_ms() == caller.paused_event_ms() == []
 
 
 def test_rounds_are_summarized_as_median_and_spread() -> None:

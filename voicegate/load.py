@@ -251,7 +251,7 @@ def webrtc_pauses_ms(caller: Caller, onsets: list[float]) -> list[float]:
     from voicegate.load_socket import SocketCaller
 
     probe = SocketCaller("", "ws")
-    probe.levels, probe.onsets = caller.bot_levels, onsets
+    probe.levels, probe.onsets = [(t, rms, 0.0) for t, rms in caller.bot_levels], onsets
     probe.events = [e for e in caller.events if "_received" in e]
     return probe.pauses_ms()
 
@@ -328,6 +328,8 @@ async def run_socket_callers(url: str, calls: int, secs: float, offset: int, qui
         pauses = [e["since_onset_ms"] for c in live for e in c.events
                   if e["type"] == "bot.paused" and "since_onset_ms" in e]
         print(json.dumps({"pauses": pauses, "caller_pauses": [p for c in live for p in c.pauses_ms()],
+                          "caller_voice_ends": [p for c in live for p in c.voice_end_ms()],
+                          "caller_paused_events": [p for c in live for p in c.paused_event_ms()],
                           "phrases": sum(len(c.onsets) for c in live),
                           "verdicts": [v for c in live for v in c.verdict_ms()], "cpu_secs": cpu}), flush=True)
         for caller in callers:
@@ -430,6 +432,8 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "caller_pause_ms_p50": round(float(np.percentile(heard, 50)), 1) if heard else None,
         "caller_pause_ms_p95": round(float(np.percentile(heard, 95)), 1) if heard else None,
         "caller_pauses": len(heard), "phrases": sum(r.get("phrases", 0) for r in results),
+        **_percentiles("caller_voice_end_ms", [v for r in results for v in r.get("caller_voice_ends", [])]),
+        **_percentiles("caller_paused_event_ms", [v for r in results for v in r.get("caller_paused_events", [])]),
         "verdict_ms_p50": round(float(np.percentile(verdicts, 50)), 1) if verdicts else None,
         "pauses": len(pauses),
         "server_rss_mb": round(server.rss_mb(), 1) if server else None,
@@ -440,6 +444,11 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
     if server:
         await server.stop()
     return result
+
+
+def _percentiles(name: str, values: list[float]) -> dict[str, float | None]:
+    """``{name}_p50`` and ``{name}_p95`` of ``values`` (None when there are none)."""
+    return {f"{name}_p{q}": round(float(np.percentile(values, q)), 1) if values else None for q in (50, 95)}
 
 
 ROUND_FIGURES = ("per_call_cpu_percent", "server_cpu_percent_of_one_core", "callers_cpu_percent_of_one_core",

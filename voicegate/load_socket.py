@@ -53,8 +53,9 @@ class SocketCaller:
     transport: str
     token: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
-    levels: list[tuple[float, float]] = field(default_factory=list)
-    """(monotonic arrival, RMS in s16 units) of every frame of the bot's audio received (``/ws``)."""
+    levels: list[tuple[float, float, float]] = field(default_factory=list)
+    """(monotonic arrival, RMS in s16 units, seconds of it up to its last sample at :data:`SILENT_RMS` or louder)
+    of every frame of the bot's audio received (``/ws``)."""
     media_times: list[float] = field(default_factory=list)
     """Arrival of every ``media`` message (``/twilio``)."""
     clears: list[float] = field(default_factory=list)
@@ -151,7 +152,9 @@ class SocketCaller:
             now = time.monotonic()
             if message.type == aiohttp.WSMsgType.BINARY:
                 pcm = np.frombuffer(message.data, "<i2").astype(np.float32)
-                self.levels.append((now, float(np.sqrt(np.dot(pcm, pcm) / max(len(pcm), 1)))))
+                loud = np.flatnonzero(np.abs(pcm) >= SILENT_RMS)
+                audible_secs = (int(loud[-1]) + 1) / self.rate if len(loud) else 0.0
+                self.levels.append((now, float(np.sqrt(np.dot(pcm, pcm) / max(len(pcm), 1))), audible_secs))
             elif message.type == aiohttp.WSMsgType.TEXT:
                 data = json.loads(message.data)
                 if self.transport == "ws":
@@ -182,19 +185,48 @@ class SocketCaller:
                 out.append(round(1000 * (pause - onset), 1))
         return out
 
-    def _ws_pause(self, onset: float) -> float | None:
+    def _ws_pause(self, onset: float, voice_end: bool = False) -> float | None:
         told = any(e["type"] in ("bot.paused", "bot.stopped") and onset - 0.04 <= e["_received"] <= onset
                    + PAUSE_WINDOW_SECS for e in self.events)
-        before = [rms for t, rms in self.levels if onset - AUDIBLE_BEFORE_SECS <= t < onset]
+        before = [rms for t, rms, _ in self.levels if onset - AUDIBLE_BEFORE_SECS <= t < onset]
         if not told or not any(rms >= SILENT_RMS for rms in before):
             return None
         run = 0
-        after = [(t, rms) for t, rms in self.levels if t >= onset]
-        for i, (_t, rms) in enumerate(after):
+        after = [level for level in self.levels if level[0] >= onset]
+        for i, (_t, rms, _audible) in enumerate(after):
             run = run + 1 if rms < SILENT_RMS else 0
             if run >= SILENT_RUN_FRAMES:
-                return after[i - SILENT_RUN_FRAMES + 1][0]
+                first_silent = i - SILENT_RUN_FRAMES + 1
+                if not voice_end or first_silent == 0:
+                    return after[first_silent][0]
+                arrived, _rms, audible = after[first_silent - 1]  # the frame the voice ends in (the fade)
+                return arrived + audible
         return None
+
+    def voice_end_ms(self) -> list[float]:
+        """For the phrases :meth:`pauses_ms` counts (``/ws``): onset to where the bot's voice ends in what the
+        caller received — the last sample at :data:`SILENT_RMS` or louder before the silent run, each frame taken
+        to play from its arrival. :meth:`pauses_ms` stops at the first whole silent frame, one frame later less
+        the fade; this says how much of that is the yardstick."""
+        if self.transport != "ws":
+            return []
+        ends = (self._ws_pause(onset, voice_end=True) for onset in self.onsets)
+        return [round(1000 * (end - onset), 1) for onset, end in zip(self.onsets, ends, strict=True)
+                if end is not None]
+
+    def paused_event_ms(self) -> list[float]:
+        """For the phrases :meth:`pauses_ms` counts (``/ws``): onset to the arrival of ``bot.paused`` (or
+        ``bot.stopped``), the moment a client that drops its playback buffer on it stops the bot."""
+        if self.transport != "ws":
+            return []
+        out = []
+        for onset in self.onsets:
+            if self._ws_pause(onset) is None:
+                continue
+            told = [e["_received"] for e in self.events if e["type"] in ("bot.paused", "bot.stopped")
+                    and onset - 0.04 <= e["_received"] <= onset + PAUSE_WINDOW_SECS]
+            out.append(round(1000 * (min(told) - onset), 1))
+        return out
 
     def _twilio_pause(self, onset: float) -> float | None:
         if not any(onset - AUDIBLE_BEFORE_SECS <= t < onset for t in self.media_times):
