@@ -47,9 +47,8 @@ class KeywordSpotter:
 
     ``quiet_dbfs``: rest on quiet input. Decoding a microphone's low noise costs as much as speech (0.53 ms per
     20 ms chunk here; digital zeros 0.16 ms), and a caller who listens sends mostly that; with a level set, a chunk
-    is decoded only when it
-    or one in the last :data:`REST_AFTER_SAMPLES` reaches it, and the :data:`PREROLL_SAMPLES` before the first loud
-    chunk are decoded first. ``None`` decodes everything.
+    is decoded only when it or one in the last :data:`REST_AFTER_SAMPLES` reaches it, and the
+    :data:`PREROLL_SAMPLES` before the first loud chunk are decoded first. ``None`` decodes everything.
     """
 
     def __init__(self, phrases: tuple[str, ...], thresholds: dict[str, float] | None = None,
