@@ -7,6 +7,7 @@ repository's ``deploy/haproxy.cfg``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -229,6 +230,45 @@ async def _raw_bad_first_message(port: int) -> tuple[bytes, bytes, bytes]:
         return head, close, rest
     finally:
         writer.close()
+
+
+async def test_a_call_that_ends_frees_its_place_before_the_next_poll() -> None:
+    """The supervisor reads its workers' calls only once a minute here, yet a call placed after another hung up
+    gets the place it freed: finding no room, the supervisor asks its workers again before refusing."""
+    server = await start_server(1, workers=2, env={"VOICEGATE_SUPERVISOR_POLL_SECS": "60"})
+    url = server.url.replace("http://", "ws://") + "/ws"
+    start = json.dumps({"type": "start", "sample_rate": 16_000, "encoding": "pcm16"})
+
+    async def call(http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        ws = await http.ws_connect(url)
+        await ws.send_str(start)
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.TEXT and json.loads(message.data)["type"] == "session.started":
+                return ws
+        raise AssertionError("no session.started")
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            first, second = await call(http), await call(http)
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await call(http)
+            assert refused.value.status == 503, "two workers of one call each: the third call is refused"
+            await first.send_str(json.dumps({"type": "stop"}))
+            async for _ in first:  # until the worker closes it: the call has ended there
+                pass
+            third = None
+            for _ in range(25):  # the worker may take a moment to count the call gone
+                try:
+                    third = await call(http)
+                    break
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status == 503
+                    await asyncio.sleep(0.2)
+            assert third is not None, "the freed place was not seen before the next poll (a minute away)"
+            for ws in (second, third):
+                await ws.close()
+    finally:
+        await server.stop()
 
 
 async def test_websocket_calls_are_handed_to_a_worker_with_their_close_codes() -> None:

@@ -53,10 +53,19 @@ from voicegate.server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 POLL_SECS = 1.0
-"""How often each worker's ``/healthz`` is read (its calls, ``warming``, whether it answers). Routing does not wait
-on it (calls answered since a poll are counted at once; a dead worker is seen by its exit), so a slower poll only
-delays seeing hang-ups and a worker's models loaded. At 0.25 s the idle tree cost 1.7–2.0 % of a core against
-0.95–1.1 % at 1 s (2 workers, no calls; README, "cost per call and capacity")."""
+"""How often each worker's ``/healthz`` is read (its calls, ``warming``, whether it answers;
+``VOICEGATE_SUPERVISOR_POLL_SECS``). Routing does not wait on it: calls answered since a poll are counted at once, a
+dead worker is seen by its exit, and when no warm worker seems to have room the workers are asked again before a
+call is refused or ``/readyz`` says 503 (:meth:`Supervisor.pick_fresh`). At 0.25 s the idle tree cost 1.7–2.0 % of
+a core against 0.95–1.1 % at 1 s (2 workers, no calls; README, "cost per call and capacity")."""
+REFRESH_MIN_SECS = 0.1
+""":meth:`Supervisor.pick_fresh` asks the workers again at most this often (a burst of calls at capacity shares one
+round of ``/healthz``)."""
+
+
+def poll_secs() -> float:
+    """``VOICEGATE_SUPERVISOR_POLL_SECS`` (default :data:`POLL_SECS`)."""
+    return float(os.environ.get("VOICEGATE_SUPERVISOR_POLL_SECS", str(POLL_SECS)))
 WORKER_START_SECS = 60.0
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?( .*)$")
 
@@ -100,6 +109,9 @@ class Supervisor:
         self.closing = False
         self._handoff_dir: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.poll_secs = poll_secs()
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = -REFRESH_MIN_SECS
         self.registry = CollectorRegistry()
         self.routed = Counter("voicegate_supervisor_offers", "Offers by outcome at the supervisor", ["outcome"],
                               registry=self.registry)
@@ -168,11 +180,25 @@ class Supervisor:
         worker.ready = True
         return True
 
+    async def _check_all(self) -> None:
+        await asyncio.gather(*(self._check(w) for w in self.workers if w.proc and w.proc.returncode is None))
+        self.alive.set(sum(w.ready for w in self.workers))
+
     async def _poll(self) -> None:
         while not self.closing:
-            await asyncio.gather(*(self._check(w) for w in self.workers if w.proc and w.proc.returncode is None))
-            self.alive.set(sum(w.ready for w in self.workers))
-            await asyncio.sleep(POLL_SECS)
+            await self._check_all()
+            await asyncio.sleep(self.poll_secs)
+
+    async def refresh(self) -> None:
+        """Ask every worker for its ``/healthz`` now (joining a round already under way; at most one round per
+        :data:`REFRESH_MIN_SECS`)."""
+        task = self._refreshing
+        if task is None or task.done():
+            if time.monotonic() - self._refreshed_at < REFRESH_MIN_SECS:
+                return
+            self._refreshed_at = time.monotonic()
+            task = self._refreshing = asyncio.ensure_future(self._check_all())
+        await asyncio.shield(task)
 
     async def _watch(self, worker: Worker) -> None:
         """Restart ``worker`` whenever it dies, until the supervisor is closing."""
@@ -194,10 +220,19 @@ class Supervisor:
         free = [w for w in self.workers if w.ready and w.sessions + w.pending < limit]
         return sorted(free, key=lambda w: (w.warming, w.sessions + w.pending, w.index))
 
+    async def pick_fresh(self) -> list[Worker]:
+        """:meth:`pick`; when it finds no warm worker with room, the workers are asked again first — a call may
+        have ended, or a worker's models finished loading, since the last poll (:data:`POLL_SECS`)."""
+        free = self.pick()
+        if not any(not w.warming for w in free):
+            await self.refresh()
+            free = self.pick()
+        return free
+
     async def forward_offer(self, body: bytes, headers: dict[str, str]) -> web.Response:
         """Send the offer to the freest worker; on a race (its 503) try the next one."""
         assert self.http is not None
-        for worker in self.pick():
+        for worker in await self.pick_fresh():
             worker.pending += 1
             try:
                 async with self.http.post(f"{worker.url}/offer", data=body, headers=headers) as res:
@@ -305,7 +340,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     sup = request.app[SUPERVISOR]
     if (refused := _over_rate(request)) is not None:
         return refused
-    workers = sup.pick()
+    workers = await sup.pick_fresh()
     if not workers:
         return sup.full()
     worker = workers[0]
@@ -408,7 +443,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
-    free = sup.pick()
+    free = await sup.pick_fresh()
     ready = any(not w.warming for w in free)
     return web.json_response({"ready": ready, "sessions": sup.sessions, "max_sessions": sup.capacity,
                               "warming": bool(free) and not ready}, status=200 if ready else 503)
