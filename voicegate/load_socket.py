@@ -199,15 +199,15 @@ class SocketCaller:
                 first_silent = i - SILENT_RUN_FRAMES + 1
                 if not voice_end or first_silent == 0:
                     return after[first_silent][0]
-                arrived, _rms, audible = after[first_silent - 1]  # the frame the voice ends in (the fade)
-                return arrived + audible
+                # The voice ends inside the frame before (the fade): that frame's silent tail earlier in the stream.
+                return after[first_silent][0] - (self.frame / self.rate - after[first_silent - 1][2])
         return None
 
     def voice_end_ms(self) -> list[float]:
         """For the phrases :meth:`pauses_ms` counts (``/ws``): onset to where the bot's voice ends in what the
-        caller received — the last sample at :data:`SILENT_RMS` or louder before the silent run, each frame taken
-        to play from its arrival. :meth:`pauses_ms` stops at the first whole silent frame, one frame later less
-        the fade; this says how much of that is the yardstick."""
+        caller received — :meth:`pauses_ms`'s first whole silent frame, less the silent tail of the frame before it
+        (the one the pause's fade lands in: its samples after the last one at :data:`SILENT_RMS` or louder). This
+        says how much of the caller-side pause is the yardstick."""
         if self.transport != "ws":
             return []
         ends = (self._ws_pause(onset, voice_end=True) for onset in self.onsets)
