@@ -114,6 +114,16 @@ def test_a_resting_spotter_spots_the_same_and_decodes_a_third(shared_data: Path)
     same_place = [a[0][1] == r[0][1] for a, r in heard["stop"] if a and r]
     assert sum(same_place) >= len(same_place) - 1, heard["stop"]  # a hit is reported at the same sample
     assert resting.decoded_samples < 0.5 * always.decoded_samples, (resting.decoded_samples, always.decoded_samples)
+    # Waking, it catches up on the 300 ms it rested through a few chunks at a time, not all on the first one.
+    waking = KeywordSpotter(phrases, quiet_dbfs=-55.0)
+    for _ in range(100):
+        waking.feed(np.zeros(320, np.int16))
+    loud = np.full(320, 3000, np.int16)
+    waking.feed(loud)
+    assert waking.decoded_samples == 4 * 320
+    for _ in range(5):
+        waking.feed(loud)
+    assert waking.decoded_samples == 15 * 320 + 6 * 320, "level with the stream again"
 
 
 def test_missing_vosk_model_is_reported_once_with_the_fix(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
