@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from voicegate.audio.vad import dbfs_window
+from voicegate.config import PIPELINE_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +26,10 @@ log = logging.getLogger(__name__)
 # the transcript (Whisper + the relevance model), which costs ≈0.5 s more.
 DEFAULT_THRESHOLDS = {"stop": 1e-8, "wait": 1e-4, "cancel": 1e-15}
 
-SAMPLE_RATE = 16_000
-REST_AFTER_SAMPLES = SAMPLE_RATE * 4 // 10
+REST_AFTER_SAMPLES = PIPELINE_SAMPLE_RATE * 4 // 10
 """With a ``quiet_dbfs`` level, the spotter stops decoding once this long (400 ms) has passed without a chunk at that
 level: a phrase is reported a few frames after it ends, and its last sounds can be quiet."""
-PREROLL_SAMPLES = SAMPLE_RATE * 3 // 10
+PREROLL_SAMPLES = PIPELINE_SAMPLE_RATE * 3 // 10
 """When a loud chunk comes after a rest, the spotter first decodes the last 300 ms it rested through, so that it
 hears the phrase's quiet start and the silence before it, as it would have without resting."""
 CATCH_UP_CHUNKS = 3
@@ -68,8 +69,10 @@ class KeywordSpotter:
         self._position = 0
         self.quiet_dbfs = quiet_dbfs
         self._since_loud_samples = REST_AFTER_SAMPLES  # resting until something is heard
-        self._held = np.zeros(0, dtype=np.int16)
-        """The last samples rested through (at most :data:`PREROLL_SAMPLES`), already counted in the position."""
+        self._held: deque[np.ndarray] = deque()
+        """The last chunks rested through (the oldest dropped once the rest make :data:`PREROLL_SAMPLES`), already
+        counted in the position: joined only when the spotter wakes."""
+        self._held_samples = 0
         self._owed = np.zeros(0, dtype=np.int16)
         """Heard since the spotter woke and not decoded yet (:data:`CATCH_UP_CHUNKS`), oldest first."""
         self.decoded_samples = 0
@@ -100,10 +103,12 @@ class KeywordSpotter:
         if self._since_loud_samples >= REST_AFTER_SAMPLES:
             hits = self._decode(self._owed) if len(self._owed) else []  # (owed audio is gone long before this)
             self._owed = self._owed[:0]
-            self._held = np.concatenate([self._held, pcm])[-PREROLL_SAMPLES:]
+            self._hold(pcm)
             return hits
-        if len(self._held):
-            self._owed, self._held = np.concatenate([self._held, self._owed]), self._held[:0]
+        if self._held:
+            preroll = np.concatenate(self._held)[-PREROLL_SAMPLES:]
+            self._owed = np.concatenate([preroll, self._owed])
+            self._forget_held()
         if not len(self._owed):
             return self._decode(pcm)
         owed = np.concatenate([self._owed, pcm])
@@ -124,8 +129,18 @@ class KeywordSpotter:
     def skip(self, samples: int) -> None:
         """Let ``samples`` of silence pass without decoding them (stream positions stay right)."""
         self._position += samples
-        self._held = self._held[:0]
+        self._forget_held()
         self._owed = self._owed[:0]
+
+    def _hold(self, pcm: np.ndarray) -> None:
+        self._held.append(pcm.copy())  # one chunk's copy (the caller may reuse its buffer), not the whole pre-roll
+        self._held_samples += len(pcm)
+        while self._held_samples - len(self._held[0]) >= PREROLL_SAMPLES:
+            self._held_samples -= len(self._held.popleft())
+
+    def _forget_held(self) -> None:
+        self._held.clear()
+        self._held_samples = 0
 
     def reset(self) -> None:
         """Start a fresh utterance (after a hit, or when the bot starts a new turn)."""

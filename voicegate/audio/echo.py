@@ -17,7 +17,6 @@ canceller took most of it away — a user talking over loud echo is what is left
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 
@@ -25,6 +24,7 @@ import numpy as np
 from av import AudioFrame, AudioResampler
 
 from voicegate.audio.aec import OUTPUT_DELAY_SAMPLES, EchoCanceller, unavailable_reason
+from voicegate.audio.vad import dbfs_window
 from voicegate.config import PIPELINE_SAMPLE_RATE
 
 RING_SECS = 2.0
@@ -277,7 +277,7 @@ class EchoControl:
         """A window too quiet to correlate: the guard's history moves on exactly as :meth:`score` and
         :meth:`is_echo` would have moved it, without the correlation."""
         self.guard.silent()
-        self._echo_windows.append((0.0, _dbfs(raw_window)))
+        self._echo_windows.append((0.0, dbfs_window(raw_window)))
 
     def close(self) -> None:
         """Release the canceller's native state."""
@@ -291,22 +291,17 @@ class EchoControl:
         user). Without: correlated with what the bot just said, or no louder than the echo heard in the last
         ~300 ms (correlation dips inside quiet stretches of echoed speech; a user talking over the echo is louder).
         """
-        level = _dbfs(raw_window)
+        level = dbfs_window(raw_window)
         recent = [lvl for s, lvl in self._echo_windows if s >= self.correlation]
         self._echo_windows.append((score, level))
         self.doubtful = False
         aec = self.aec
         if aec is not None and self.engaged and aec.converged:
             # Echo alone loses about the canceller's ERLE; a user talking over it keeps most of their level.
-            removed_db = level - _dbfs(clean_window)
+            removed_db = level - dbfs_window(clean_window)
             threshold_db = min(max(aec.erle_db - 8.0, 6.0), 25.0)
             self.doubtful = threshold_db - min(ECHO_DOUBT_DB, threshold_db / 3) <= removed_db < threshold_db
             return removed_db >= threshold_db
         if score >= self.correlation:
             return True
         return bool(recent) and level <= max(recent) + ECHO_LEVEL_MARGIN_DB
-
-
-def _dbfs(window: np.ndarray) -> float:
-    x = window.astype(np.float32) / 32768.0
-    return 10.0 * math.log10(float(np.dot(x, x)) / max(len(x), 1) + 1e-12)  # one dot: runs for every window

@@ -52,6 +52,8 @@ from voicegate.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+WORKER_START_SECS = 60.0
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?( .*)$")
 POLL_SECS = 1.0
 """How often each worker's ``/healthz`` is read (its calls, ``warming``, whether it answers;
 ``VOICEGATE_SUPERVISOR_POLL_SECS``). Routing does not wait on it: calls answered since a poll are counted at once, a
@@ -66,8 +68,6 @@ round of ``/healthz``)."""
 def poll_secs() -> float:
     """``VOICEGATE_SUPERVISOR_POLL_SECS`` (default :data:`POLL_SECS`)."""
     return float(os.environ.get("VOICEGATE_SUPERVISOR_POLL_SECS", str(POLL_SECS)))
-WORKER_START_SECS = 60.0
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?( .*)$")
 
 
 @dataclass
