@@ -119,6 +119,65 @@ async def test_detector_thread_delivers_each_calls_chunks_in_order_on_its_loop(s
     assert len(failures) == ticks // 5
 
 
+def test_every_chunks_windows_go_out_before_the_spotter_runs(shared_data: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One drain of six calls' speech chunks: every chunk's VAD windows are handed to its loop before the keyword
+    spotter runs on any of them (a pause never waits for PocketSphinx on another call's speech); a chunk that comes
+    while the spotter works gets its windows before the spotter's remaining work; each chunk's whole result (hits
+    added) follows its windows, and both carry the same windows as the call stepped alone."""
+    streams = _streams(shared_data)
+    chunk, at = 320, 60  # a chunk index where every stream holds speech (checked below)
+    events: list[tuple[str, int]] = []
+    calls = [GateModels(GateOptions(), 16_000) for _ in range(len(streams) + 1)]
+    for k, models in enumerate(calls):
+        feed = models.kws.feed
+
+        def spot(pcm: np.ndarray, k: int = k, feed: Callable[[np.ndarray], list[object]] = feed) -> list[object]:
+            events.append(("kws", k))
+            return feed(pcm)
+        models.kws.feed = spot  # type: ignore[method-assign,assignment]
+
+    def handed(items: list[tuple[Job, StepResult | None, BaseException | None, bool]]) -> None:
+        for job, result, exc, early in items:
+            assert exc is None and result is not None
+            events.append(("windows" if early else "result", calls.index(job.models)))
+
+    monkeypatch.setattr(DetectorThread, "deliver", staticmethod(handed))
+    pcm_of = [streams[k % len(streams)] for k in range(len(calls))]
+    for i in range(at):  # the calls' history, so that their state is mid-speech
+        for models, pcm in zip(calls, pcm_of, strict=True):
+            models.step(pcm[i * chunk:(i + 1) * chunk], 200.0)
+    events.clear()
+    job = lambda k: Job(calls[k], pcm_of[k][at * chunk:(at + 1) * chunk], 200.0, None, lambda r, e: None,
+                        early=lambda r: None)  # noqa: E731
+    late = [job(len(streams))]
+    polls = 0
+
+    def arrived() -> list[Job]:
+        nonlocal polls
+        polls += 1
+        return late if polls == 2 else []  # after the first call's spotting
+
+    detectors = DetectorThread()
+    finished = detectors.drain([job(k) for k in range(len(streams))], arrived)
+    n = len(streams)
+    assert [e for e, _ in events[:n]] == ["windows"] * n, events
+    assert events[n] == ("kws", 0) and events[n + 1] == ("result", 0), events
+    assert events[n + 2] == ("windows", n), "the late chunk's windows must come before the spotter's remaining work"
+    assert events.count(("kws", n)) == 1 and events.index(("kws", n)) > events.index(("kws", n - 1))
+    for k in range(n + 1):
+        assert events.index(("windows", k)) < events.index(("kws", k)) < events.index(("result", k))
+    alone = [GateModels(GateOptions(), 16_000) for _ in calls]
+    for k, models in enumerate(alone):
+        for i in range(at):
+            models.step(pcm_of[k][i * chunk:(i + 1) * chunk], 200.0)
+    expected = [models.step(pcm_of[k][at * chunk:(at + 1) * chunk], 200.0) for k, models in enumerate(alone)]
+    got = {calls.index(j.models): r for j, r, _ in finished}
+    assert len(got) == n + 1
+    assert all(got[k].windows == expected[k].windows and got[k].hits == expected[k].hits for k in range(n + 1))
+    assert sum(w.prob >= 0.5 for r in expected for w in r.windows) >= 3, "the chunks hold speech"
+
+
 def test_opus_decoded_at_16k_matches_the_48k_decode_resampled(shared_data: Path) -> None:
     """What the server now does (libopus at 16 kHz mono) against what aiortc did (48 kHz stereo, resampled)."""
     for name in RECORDINGS:

@@ -57,24 +57,37 @@ class Job:
     """The spotter's switch when the chunk arrived (None: the models' current one)."""
     urgent: bool = True
     """The chunk could start speech: it wakes the thread at once. A quiet one waits for the next tick."""
+    early: Callable[[StepResult], None] | None = None
+    """Called on ``loop`` with the chunk's result as soon as its VAD windows are decided, before the keyword spotter
+    runs on it (``deliver`` then follows with the whole result, hits added)."""
 
 
 Finished = tuple[Job, "StepResult | None", "BaseException | None"]
 """A chunk's job with its result, or the exception its step raised."""
 
+_Delivery = tuple[Job, "StepResult | None", "BaseException | None", bool]
+"""A :data:`Finished` and whether it is only the chunk's windows (``Job.early``)."""
+
 
 class _Results:
-    """The drain's finished jobs, in the order they finished; :meth:`add` hands an urgent one (and everything that
-    finished before it, so each call's results stay in order) to its loop at once, the rest at the drain's end."""
+    """What the drain has for the loops, in order: each chunk's windows (:meth:`add_windows`) and then its whole
+    result (:meth:`add`). An urgent chunk's (and everything queued before it, so each call's results stay in order)
+    go to its loop at once, the rest at the drain's end."""
 
     __slots__ = ("items", "sent")
 
     def __init__(self) -> None:
-        self.items: list[Finished] = []
+        self.items: list[_Delivery] = []
         self.sent = 0
 
+    def add_windows(self, job: Job, result: StepResult) -> None:
+        if job.early is not None:
+            self.items.append((job, result, None, True))
+            if job.urgent:
+                self.flush()
+
     def add(self, job: Job, result: StepResult | None, exc: BaseException | None) -> None:
-        self.items.append((job, result, exc))
+        self.items.append((job, result, exc, False))
         if job.urgent:
             self.flush()
 
@@ -82,6 +95,9 @@ class _Results:
         if self.sent < len(self.items):
             DetectorThread.deliver(self.items[self.sent:])
             self.sent = len(self.items)
+
+    def finished(self) -> list[Finished]:
+        return [(job, result, exc) for job, result, exc, early in self.items if not early]
 
 
 class _Lane:
@@ -92,7 +108,7 @@ class _Lane:
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
         self.job: Job | None = None
-        self.gen: Generator[VadQuery, VadAnswer, StepResult] | None = None
+        self.gen: Generator[VadQuery | StepResult, VadAnswer | None, StepResult] | None = None
 
 
 class DetectorThread:
@@ -132,58 +148,92 @@ class DetectorThread:
                 # Gather the other calls' chunks until the next tick of the process's grid, or an urgent chunk.
                 self._urgent.wait(tick_secs - time.monotonic() % tick_secs)
             self._urgent.clear()
-            while True:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            jobs += self._take()
             try:
-                self.drain(jobs)
+                self.drain(jobs, self._arrived)
             except BaseException:  # never lose the thread: every call of the process depends on it
                 log.exception("the detector thread failed on a batch")
 
-    def drain(self, jobs: list[Job]) -> list[Finished]:
+    def _take(self) -> list[Job]:
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def _arrived(self) -> list[Job]:
+        """The chunks queued since the drain began, once an urgent one is among them (else none yet)."""
+        if not self._urgent.is_set():
+            return []
+        self._urgent.clear()
+        return self._take()
+
+    def drain(self, jobs: list[Job], arrived: Callable[[], list[Job]] | None = None) -> list[Finished]:
         """Run ``jobs`` to completion (calls' jobs in order), Silero batched across calls, delivering each result on
         its job's loop (an urgent one at once). Returns ``(job, result, exception)`` for every chunk, in the order
-        they finished."""
+        they finished.
+
+        Every chunk's VAD windows are decided (and handed to ``Job.early``) before the keyword spotter runs on any
+        chunk, so a pause never waits for PocketSphinx on another call's speech; between one chunk's spotting and the
+        next, ``arrived()`` may hand over chunks that came meanwhile, whose windows then go first too.
+        """
         lanes: dict[int, _Lane] = {}
-        for job in jobs:
-            lanes.setdefault(id(job.models), _Lane()).jobs.append(job)
         done = _Results()
         waiting: list[tuple[_Lane, VadQuery]] = []
-        for lane in lanes.values():
-            query = self._advance(lane, None, done)
-            if query is not None:
-                waiting.append((lane, query))
-        while waiting:
-            batch, waiting = waiting[:self.max_batch], waiting[self.max_batch:]
-            t0 = time.perf_counter()
-            try:
-                answers = silero_batch([q for _, q in batch])
-            except BaseException as exc:
-                for lane, _ in batch:
-                    self._fail(lane, exc, done)
-                    query = self._advance(lane, None, done)
-                    if query is not None:
-                        waiting.append((lane, query))
-                continue
-            share_ms = (time.perf_counter() - t0) * 1000 / len(batch)
-            self.runs += 1
-            self.windows += len(batch)
-            for (lane, _), (prob, state) in zip(batch, answers, strict=True):
-                query = self._advance(lane, VadAnswer(prob, state, share_ms), done)
-                if query is not None:
-                    waiting.append((lane, query))
-        done.flush()
-        return done.items
+        spotting: deque[_Lane] = deque()
 
-    def _advance(self, lane: _Lane, answer: VadAnswer | None, done: _Results) -> VadQuery | None:
-        """Step the lane's current job with ``answer`` (or start its next job) until it needs Silero (the query) or
-        the lane has no job left (None)."""
+        def route(lane: _Lane, step: VadQuery | bool) -> None:
+            if isinstance(step, VadQuery):
+                waiting.append((lane, step))
+            elif step:
+                spotting.append(lane)
+
+        def add(new: list[Job]) -> bool:
+            idle = []
+            for job in new:
+                lane = lanes.setdefault(id(job.models), _Lane())
+                if lane.gen is None and not lane.jobs:
+                    idle.append(lane)
+                lane.jobs.append(job)
+            queued = len(waiting)
+            for lane in idle:
+                route(lane, self._advance(lane, None, done))
+            return len(waiting) > queued
+
+        add(jobs)
+        while waiting or spotting:
+            while waiting:
+                batch, waiting = waiting[:self.max_batch], waiting[self.max_batch:]
+                t0 = time.perf_counter()
+                try:
+                    answers = silero_batch([q for _, q in batch])
+                except BaseException as exc:
+                    for lane, _ in batch:
+                        self._fail(lane, exc, done)
+                        route(lane, self._advance(lane, None, done))
+                    continue
+                share_ms = (time.perf_counter() - t0) * 1000 / len(batch)
+                self.runs += 1
+                self.windows += len(batch)
+                for (lane, _), (prob, state) in zip(batch, answers, strict=True):
+                    route(lane, self._advance(lane, VadAnswer(prob, state, share_ms), done))
+            while spotting:
+                if arrived is not None and add(arrived()):
+                    break  # their windows first
+                lane = spotting.popleft()
+                route(lane, self._advance(lane, None, done))
+        done.flush()
+        return done.finished()
+
+    def _advance(self, lane: _Lane, answer: VadAnswer | None, done: _Results) -> VadQuery | bool:
+        """Step the lane's current job with ``answer`` (or start its next job) until it needs Silero (the query),
+        has its chunk's windows decided (True: they are handed on, and the spotter's work waits for the next
+        call), or has no job left (False)."""
         while True:
             if lane.gen is None:
                 if not lane.jobs:
-                    return None
+                    return False
                 job = lane.job = lane.jobs.popleft()
                 if job.pcm is None:
                     try:
@@ -195,14 +245,18 @@ class DetectorThread:
                     continue
                 lane.gen = job.models.steps(job.pcm, job.hangover_ms, job.kws_enabled)
                 answer = None
+            assert lane.job is not None
             try:
-                return next(lane.gen) if answer is None else lane.gen.send(answer)
+                step = next(lane.gen) if answer is None else lane.gen.send(answer)
             except StopIteration as stop:
-                assert lane.job is not None
                 done.add(lane.job, stop.value, None)
             except Exception as exc:
-                assert lane.job is not None
                 done.add(lane.job, None, exc)
+            else:
+                if isinstance(step, VadQuery):
+                    return step
+                done.add_windows(lane.job, step)
+                return True
             lane.gen, lane.job, answer = None, None, None
 
     def _fail(self, lane: _Lane, exc: BaseException, done: _Results) -> None:
@@ -212,9 +266,9 @@ class DetectorThread:
         lane.gen, lane.job = None, None
 
     @staticmethod
-    def deliver(done: list[Finished]) -> None:
-        """Hand finished jobs to their loops: one ``call_soon_threadsafe`` per loop, in order."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[Finished]] = {}
+    def deliver(done: list[_Delivery]) -> None:
+        """Hand results to their loops: one ``call_soon_threadsafe`` per loop, in order."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
         for item in done:
             if item[0].loop is not None and item[0].deliver is not None:
                 by_loop.setdefault(item[0].loop, []).append(item)
@@ -225,11 +279,15 @@ class DetectorThread:
                 pass
 
 
-def _deliver_all(items: list[Finished]) -> None:
-    for job, result, exc in items:
-        assert job.deliver is not None
+def _deliver_all(items: list[_Delivery]) -> None:
+    for job, result, exc, early in items:
         try:
-            job.deliver(result, exc)
+            if early:
+                assert job.early is not None and result is not None
+                job.early(result)
+            else:
+                assert job.deliver is not None
+                job.deliver(result, exc)
         except Exception:
             log.exception("applying a detector result failed")
 

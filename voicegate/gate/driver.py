@@ -90,12 +90,15 @@ class GateModels:
             self.echo.add_outbound(pcm)
 
     def step(self, pcm: np.ndarray, hangover_ms: float) -> StepResult:
-        """Cancel the echo, then run the keyword spotter and VAD (per 512-sample window) with the echo guard; each
-        window through Silero alone."""
+        """Cancel the echo, then run VAD (per 512-sample window, each through Silero alone) with the echo guard,
+        then the keyword spotter."""
         steps = self.steps(pcm, hangover_ms)
         try:
             query = next(steps)
             while True:
+                if isinstance(query, StepResult):  # the windows are decided; the spotter's turn
+                    query = steps.send(None)
+                    continue
                 t0 = time.perf_counter()
                 (prob, state), = silero_batch([query])
                 query = steps.send(VadAnswer(prob, state, (time.perf_counter() - t0) * 1000))
@@ -104,11 +107,14 @@ class GateModels:
             return result
 
     def steps(self, pcm: np.ndarray, hangover_ms: float,
-              kws_enabled: bool | None = None) -> Generator[VadQuery, VadAnswer, StepResult]:
-        """:meth:`step` as a generator that yields each window's Silero input and is sent back its answer, so that
-        the caller can run many calls' windows in one ONNX run (:class:`~voicegate.gate.detectors.DetectorThread`);
-        every other step is the same, in the same order, so the result is too. ``kws_enabled``: the spotter's
-        switch as it was when the chunk arrived (default :attr:`kws_enabled` now)."""
+              kws_enabled: bool | None = None) -> Generator[VadQuery | StepResult, VadAnswer | None, StepResult]:
+        """:meth:`step` as a generator, so that the caller can run many calls' windows in one ONNX run and put the
+        windows before the spotter (:class:`~voicegate.gate.detectors.DetectorThread`): it yields each window's
+        Silero input and is sent back its answer; then it yields the result with the chunk's windows (a pause may
+        start on them: the caller can apply them now) and is sent ``None``; then the keyword spotter runs on the
+        chunk and the result, hits added, is returned. The same steps in the same order as :meth:`step`, so the
+        same result. ``kws_enabled``: the spotter's switch as it was when the chunk arrived (default
+        :attr:`kws_enabled` now)."""
         if kws_enabled is not None:
             self.kws_enabled = kws_enabled
         result = StepResult()
@@ -118,23 +124,8 @@ class GateModels:
             raw, clean = self.echo.cancel(pcm)
         else:
             raw = clean = pcm
-        t1 = time.perf_counter()
-        result.aec_ms = (t1 - t0) * 1000
+        result.aec_ms = (time.perf_counter() - t0) * 1000
         self._remember(clean)
-        if self.kws_enabled and not self._kws_was_enabled:
-            self.kws.reset()  # the bot speaks again: spot from a fresh utterance
-        self._kws_was_enabled = self.kws_enabled
-        if not len(clean):
-            result.hits = []
-        elif not self.kws_enabled:
-            # The bot is silent: no stop phrase to spot. (The spotter still hears silences while the bot talks:
-            # skipping them changed what it spotted — 8 stops instead of 15 on the full corpus.)
-            self.kws.skip(len(clean))
-            result.hits = []
-        else:
-            result.hits = self.kws.feed(clean)
-        t2 = time.perf_counter()
-        result.kws_ms = (t2 - t1) * 1000
         self._raw = np.concatenate([self._raw, raw])
         self._clean = np.concatenate([self._clean, clean])
         consumed = 0
@@ -157,6 +148,7 @@ class GateModels:
             query = self.vad.vad.query(window)
             result.vad_ms += (time.perf_counter() - t4) * 1000
             answer = yield query
+            assert answer is not None, "a window's query is answered with its Silero result"
             t5 = time.perf_counter()
             self.vad.vad.commit(answer.state)
             result.windows.append(self.vad.decide(window, answer.prob, is_echo, hangover_ms, doubtful))
@@ -170,6 +162,21 @@ class GateModels:
             if aec.failed and not self.echo_failed_reported:
                 self.echo_failed_reported = True
                 result.echo_failed = True
+        yield result  # the windows, before the spotter: its work (PocketSphinx on speech) never delays a pause
+        t1 = time.perf_counter()
+        if self.kws_enabled and not self._kws_was_enabled:
+            self.kws.reset()  # the bot speaks again: spot from a fresh utterance
+        self._kws_was_enabled = self.kws_enabled
+        if not len(clean):
+            result.hits = []
+        elif not self.kws_enabled:
+            # The bot is silent: no stop phrase to spot. (The spotter still hears silences while the bot talks:
+            # skipping them changed what it spotted — 8 stops instead of 15 on the full corpus.)
+            self.kws.skip(len(clean))
+            result.hits = []
+        else:
+            result.hits = self.kws.feed(clean)
+        result.kws_ms = (time.perf_counter() - t1) * 1000
         return result
 
     def remember(self, pcm: np.ndarray) -> None:
@@ -253,8 +260,8 @@ class LiveGateDriver:
         self.ran_at_once = self.could_be_speech(pcm)
         finished: asyncio.Future[None] | None = loop.create_future() if self.ran_at_once else None
         self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
-                                  functools.partial(self._deliver, received_ms, finished), kws_enabled=kws,
-                                  urgent=self.ran_at_once))
+                                  functools.partial(self._deliver, finished), kws_enabled=kws,
+                                  urgent=self.ran_at_once, early=functools.partial(self._windows, received_ms)))
         if finished is not None:
             await finished
 
@@ -268,12 +275,36 @@ class LiveGateDriver:
             self._since_loud_samples += len(pcm)
         return self._since_loud_samples < QUIET_AFTER_LOUD_SAMPLES or self.models.vad.speaking
 
-    def _deliver(self, received_ms: float | None, finished: asyncio.Future[None] | None, result: StepResult | None,
+    def _windows(self, received_ms: float | None, result: StepResult) -> None:
+        """On the loop: a chunk's VAD windows (and echo figures), as soon as they are decided — before the keyword
+        spotter has run on the chunk (:meth:`GateModels.steps`)."""
+        if self._closed:
+            return
+        self.applied_chunks += 1
+        if received_ms is not None:
+            self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
+        for stage, ms in (("vad", result.vad_ms), ("echo", result.echo_ms + result.aec_ms)):
+            self.cpu_ms[stage] += ms
+            if self.on_cpu is not None:
+                self.on_cpu(stage, ms, None)
+        if result.echo_failed and self.on_error is not None:
+            self.on_error("echo", "diverged", ECHO_FAILED)
+        now = self.now_ms()
+        self.gate.echo_settling = result.echo_settling
+        for window in result.windows:
+            self.gate.on_window(window, now)
+
+    def _deliver(self, finished: asyncio.Future[None] | None, result: StepResult | None,
                  exc: BaseException | None) -> None:
-        """On the loop: apply a chunk's results; its failure goes to the awaiting :meth:`process`, or (a quiet chunk,
-        not awaited) to the next one."""
+        """On the loop: the rest of a chunk's results (the spotter's hits; its windows came first, :meth:`_windows`);
+        its failure goes to the awaiting :meth:`process`, or (a quiet chunk, not awaited) to the next one."""
         if result is not None and not self._closed:
-            self._apply(result, received_ms)
+            self.cpu_ms["kws"] += result.kws_ms
+            if self.on_cpu is not None:
+                self.on_cpu("kws", result.kws_ms, None)
+            now = self.now_ms()
+            for hit in result.hits:
+                self.gate.on_keyword(hit, now)
         if finished is None:
             if exc is not None and self._failure is None:
                 self._failure = exc
@@ -282,23 +313,6 @@ class LiveGateDriver:
                 finished.set_exception(exc)
             else:
                 finished.set_result(None)
-
-    def _apply(self, result: StepResult, received_ms: float | None) -> None:
-        self.applied_chunks += 1
-        if received_ms is not None:
-            self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
-        for stage, ms in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
-            self.cpu_ms[stage] += ms
-            if self.on_cpu is not None:
-                self.on_cpu(stage, ms, None)
-        if result.echo_failed and self.on_error is not None:
-            self.on_error("echo", "diverged", ECHO_FAILED)
-        now = self.now_ms()
-        self.gate.echo_settling = result.echo_settling
-        for hit in result.hits:
-            self.gate.on_keyword(hit, now)
-        for window in result.windows:
-            self.gate.on_window(window, now)
 
     def _request(self, segment_id: int, start: int, end: int, final: bool) -> None:
         self.service.submit(AsrRequest(self.call_id, segment_id, end, final, self.models.audio(start, end),
@@ -392,24 +406,28 @@ class OfflineGateDriver:
             return
         self.models.kws_enabled = spotter_wanted(self.gate)
         result = self.models.step(pcm, self.gate.hangover_ms)
-        compute_ms = result.vad_ms + result.kws_ms + result.echo_ms + result.aec_ms
+        windows_ms = result.vad_ms + result.echo_ms + result.aec_ms
+        compute_ms = windows_ms + result.kws_ms
         if self.chunk_cost_ms is not None:
-            compute_ms = self.chunk_cost_ms
-        self.gate.input_lag_ms = compute_ms
+            windows_ms = compute_ms = self.chunk_cost_ms
+        self.gate.input_lag_ms = windows_ms
         for key, value in (("vad", result.vad_ms), ("kws", result.kws_ms), ("echo", result.echo_ms + result.aec_ms)):
             self.cpu_ms[key] += value
         if result.erle_db is not None:
             self.erle_trace.append((chunk_end_ms, result.erle_db))
         if result.echo_failed and self.on_error is not None:
             self.on_error("echo", "diverged", ECHO_FAILED)
-        self.now_ms = chunk_end_ms + compute_ms
+        # As live: the windows land when they are decided, the spotter's hits after its work on the chunk.
+        self.now_ms = chunk_end_ms + windows_ms
         self.sim.now_ms = max(self.sim.now_ms, self.now_ms)
         self.gate.echo_settling = result.echo_settling
-        for hit in result.hits:
-            self.gate.on_keyword(hit, self.now_ms)
         for window in result.windows:
             self.trace.append((window.end_samples / 16.0, window.prob, window.voiced))
             self.gate.on_window(window, self.now_ms)
+        self.now_ms = chunk_end_ms + compute_ms
+        self.sim.now_ms = max(self.sim.now_ms, self.now_ms)
+        for hit in result.hits:
+            self.gate.on_keyword(hit, self.now_ms)
 
     def _feed_peer(self, pcm: np.ndarray, chunk_end_ms: float) -> None:
         """A benchmark peer with its own VAD gets the raw chunk; its decisions land after its compute time."""
