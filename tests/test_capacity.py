@@ -137,10 +137,12 @@ def test_every_chunks_windows_go_out_before_the_spotter_runs(shared_data: Path,
             return feed(pcm)
         models.kws.feed = spot  # type: ignore[method-assign,assignment]
 
-    def handed(items: list[tuple[Job, StepResult | None, BaseException | None, bool]]) -> None:
+    def handed(items: list[tuple[Job, StepResult | None, BaseException | None, bool]],
+               ack: bool = False) -> list[threading.Event]:
         for job, result, exc, early in items:
             assert exc is None and result is not None
             events.append(("windows" if early else "result", calls.index(job.models)))
+        return []
 
     monkeypatch.setattr(DetectorThread, "deliver", staticmethod(handed))
     pcm_of = [streams[k % len(streams)] for k in range(len(calls))]
@@ -148,8 +150,10 @@ def test_every_chunks_windows_go_out_before_the_spotter_runs(shared_data: Path,
         for models, pcm in zip(calls, pcm_of, strict=True):
             models.step(pcm[i * chunk:(i + 1) * chunk], 200.0)
     events.clear()
-    job = lambda k: Job(calls[k], pcm_of[k][at * chunk:(at + 1) * chunk], 200.0, None, lambda r, e: None,
-                        early=lambda r: None)  # noqa: E731
+    def job(k: int) -> Job:
+        return Job(calls[k], pcm_of[k][at * chunk:(at + 1) * chunk], 200.0, None, lambda r, e: None,
+                   early=lambda r: None)
+
     late = [job(len(streams))]
     polls = 0
 

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+APPLY_WAIT_SECS = 0.005
+"""After handing urgent windows to a loop, the detector thread waits this long at most for the loop to apply them
+before the spotter's work (Python's switch interval: a thread kept waiting longer for the GIL would force it)."""
+
 Deliver = Callable[["StepResult | None", "BaseException | None"], None]
 """Called on the job's event loop with the step's result, or the exception it raised."""
 
@@ -74,27 +78,39 @@ class _Results:
     result (:meth:`add`). An urgent chunk's (and everything queued before it, so each call's results stay in order)
     go to its loop at once, the rest at the drain's end."""
 
-    __slots__ = ("items", "sent")
+    __slots__ = ("acks", "items", "sent")
 
     def __init__(self) -> None:
         self.items: list[_Delivery] = []
         self.sent = 0
+        self.acks: list[threading.Event] = []
+        """Set when a loop has applied urgent windows handed to it (:meth:`wait_applied`)."""
 
     def add_windows(self, job: Job, result: StepResult) -> None:
         if job.early is not None:
             self.items.append((job, result, None, True))
             if job.urgent:
-                self.flush()
+                self.flush(ack=True)
 
     def add(self, job: Job, result: StepResult | None, exc: BaseException | None) -> None:
         self.items.append((job, result, exc, False))
         if job.urgent:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, ack: bool = False) -> None:
         if self.sent < len(self.items):
-            DetectorThread.deliver(self.items[self.sent:])
+            self.acks += DetectorThread.deliver(self.items[self.sent:], ack)
             self.sent = len(self.items)
+
+    def wait_applied(self, timeout_secs: float) -> None:
+        """Wait (the GIL released) until the loops have applied the urgent windows handed to them, at most
+        ``timeout_secs``: the spotter's work that follows holds the GIL (PocketSphinx never releases it), and a
+        pause must not wait for it."""
+        if self.acks:
+            deadline = time.monotonic() + timeout_secs
+            for applied in self.acks:
+                applied.wait(max(0.0, deadline - time.monotonic()))
+            self.acks.clear()
 
     def finished(self) -> list[Finished]:
         return [(job, result, exc) for job, result, exc, early in self.items if not early]
@@ -219,6 +235,7 @@ class DetectorThread:
                 for (lane, _), (prob, state) in zip(batch, answers, strict=True):
                     route(lane, self._advance(lane, VadAnswer(prob, state, share_ms), done))
             while spotting:
+                done.wait_applied(APPLY_WAIT_SECS)
                 if arrived is not None and add(arrived()):
                     break  # their windows first
                 lane = spotting.popleft()
@@ -266,20 +283,26 @@ class DetectorThread:
         lane.gen, lane.job = None, None
 
     @staticmethod
-    def deliver(done: list[_Delivery]) -> None:
-        """Hand results to their loops: one ``call_soon_threadsafe`` per loop, in order."""
+    def deliver(done: list[_Delivery], ack: bool = False) -> list[threading.Event]:
+        """Hand results to their loops: one ``call_soon_threadsafe`` per loop, in order. With ``ack``: an event per
+        loop, set once that loop has applied them."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
         for item in done:
             if item[0].loop is not None and item[0].deliver is not None:
                 by_loop.setdefault(item[0].loop, []).append(item)
+        acks = []
         for loop, items in by_loop.items():
+            applied = threading.Event() if ack else None
             try:
-                loop.call_soon_threadsafe(_deliver_all, items)
+                loop.call_soon_threadsafe(_deliver_all, items, applied)
             except RuntimeError:  # that loop has closed: its calls are gone
-                pass
+                continue
+            if applied is not None:
+                acks.append(applied)
+        return acks
 
 
-def _deliver_all(items: list[_Delivery]) -> None:
+def _deliver_all(items: list[_Delivery], applied: threading.Event | None) -> None:
     for job, result, exc, early in items:
         try:
             if early:
@@ -290,6 +313,8 @@ def _deliver_all(items: list[_Delivery]) -> None:
                 job.deliver(result, exc)
         except Exception:
             log.exception("applying a detector result failed")
+    if applied is not None:
+        applied.set()
 
 
 def detector_tick_ms() -> float:
