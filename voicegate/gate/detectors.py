@@ -1,11 +1,13 @@
 """The process's detector thread: every live call's chunks through its models, Silero batched across calls.
 
 A call's inbound chunk is a :class:`Job` on one queue. The thread takes every job that is waiting, steps each
-call's models (:meth:`GateModels.steps <voicegate.gate.driver.GateModels.steps>`: echo canceller, keyword spotter,
-echo guard) up to the point where a window needs Silero, runs all those windows in **one** ONNX run
-(:func:`~voicegate.audio.vad.silero_batch`, bit-identical to one run per window), hands each its answer, and goes on
-until every job is done; the results go back to each event loop in one ``call_soon_threadsafe`` per drain (a chunk
-that could be speech, with everything finished before it, as soon as it is done).
+call's models (:meth:`GateModels.steps <voicegate.gate.driver.GateModels.steps>`: echo canceller, echo guard) up to
+the point where a window needs Silero, runs all those windows in **one** ONNX run
+(:func:`~voicegate.audio.vad.silero_batch`, bit-identical to one run per window) and hands each its answer; once
+every chunk's windows are decided and handed to its loop (``Job.early``), the keyword spotter runs on each chunk
+(PocketSphinx holds the GIL: after urgent windows the thread first lets the loop apply them), then each chunk's
+whole result goes back (``Job.deliver``). Results go back to each event loop in one ``call_soon_threadsafe`` per
+drain (a chunk that could be speech, with everything finished before it, as soon as it is ready).
 
 Against a thread per call fed through ``run_in_executor``, a chunk costs no executor future, no thread wake-up
 while the thread is busy and no loop wake-up of its own. A chunk that could start speech (``Job.urgent``) wakes the
