@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,8 @@ async def test_ws_bad_input_closes_that_socket_with_a_code_and_reason(server: Te
     url = base_url(server)
     yeses = sorted((shared_data / "speech/speech_commands/yes").glob("*.wav"))
     good = WsCaller(url)
-    good_call = asyncio.ensure_future(good.call(_mic(load_audio(yeses[6], 16_000), 16_000, tail_secs=4.0)))
+    mic = _mic(load_audio(yeses[6], 16_000), 16_000, tail_secs=4.0)
+    good_call = asyncio.ensure_future(good.call(mic))
     cases = [(name, [m], code, why) for name, m, code, why in BAD_FIRST_MESSAGES] + \
         [(name, [START, m], code, why) for name, m, code, why in BAD_LATER_MESSAGES]
     for name, messages, expected, why in cases:
@@ -196,6 +198,9 @@ async def test_ws_bad_input_closes_that_socket_with_a_code_and_reason(server: Te
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as res:
         text = await res.text()
     assert 'voicegate_calls_total{transport="ws"}' in text and 'voicegate_ws_closed_total{code="1007"}' in text
+    lagged = re.search(r"^voicegate_detector_lag_seconds_count ([0-9.e+]+)$", text, re.M)
+    assert lagged and 10 <= float(lagged.group(1)) <= 2 * len(mic) // 320, \
+        "every chunk that could start speech is timed from its arrival to its windows (the user said 'yes')"
 
 
 async def test_ws_guards_before_the_upgrade(shared_data: Path) -> None:

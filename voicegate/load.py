@@ -190,13 +190,18 @@ def stage_cpu(before: dict[str, float], after: dict[str, float], elapsed_secs: f
 
 def histogram_p95_ms(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
     """The bucket bound under which 95 % of the run's observations of a histogram fell (ms)."""
+    return histogram_quantile_ms(before, after, name, 0.95)
+
+
+def histogram_quantile_ms(before: dict[str, float], after: dict[str, float], name: str, q: float) -> float | None:
+    """The bucket bound under which the fraction ``q`` of the run's observations of a histogram fell (ms)."""
     total = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
     if total <= 0:
         return None
     bounds = sorted((float(m.group(1)), key) for key in after
                     if (m := re.match(rf'^{name}_bucket\{{le="([0-9.]+)"\}}$', key)))
     for bound, key in bounds:
-        if after[key] - before.get(key, 0.0) >= 0.95 * total:
+        if after[key] - before.get(key, 0.0) >= q * total:
             return round(bound * 1000, 1)
     return None
 
@@ -429,6 +434,8 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "frames_late_over_20ms": round(late_fraction(metrics, before), 4),
         "time_to_pause_ms_p95": round(float(np.percentile(pauses, 95)), 1) if pauses else None,
         "server_time_to_pause_ms_p95": histogram_p95_ms(before, metrics, "voicegate_time_to_pause_seconds"),
+        "server_detector_lag_ms_p50": histogram_quantile_ms(before, metrics, "voicegate_detector_lag_seconds", 0.5),
+        "server_detector_lag_ms_p95": histogram_quantile_ms(before, metrics, "voicegate_detector_lag_seconds", 0.95),
         "caller_pause_ms_p50": round(float(np.percentile(heard, 50)), 1) if heard else None,
         "caller_pause_ms_p95": round(float(np.percentile(heard, 95)), 1) if heard else None,
         "caller_pauses": len(heard), "phrases": sum(r.get("phrases", 0) for r in results),

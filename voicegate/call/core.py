@@ -87,6 +87,8 @@ class CallCore:
         self.reflex.on_error = self._stage_warning
         self.cpu_observer: Callable[[str, float, float | None], None] | None = None
         """Set by the server: receives the compute of every stage (``/metrics``)."""
+        self.lag_observer: Callable[[float], None] | None = None
+        """Set by the server: ms from a could-be-speech chunk's arrival to its VAD windows applied (``/metrics``)."""
         self.received_samples = 0
         """16 kHz samples fed so far."""
         self.inbound_sum_squares = 0.0
@@ -158,6 +160,7 @@ class CallCore:
             return
         if self.driver is not None:
             self.driver.on_cpu = self.cpu_observer
+            self.driver.on_lag = self.lag_observer
 
     async def open(self) -> None:
         """Load the gate and start the watchdog; the adapter then connects the caller."""

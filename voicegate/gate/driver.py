@@ -229,6 +229,9 @@ class LiveGateDriver:
         """``(stage, cause, message)`` for a component that failed or is overloaded."""
         self.on_cpu: Callable[[str, float, float | None], None] | None = None
         """``(stage, compute ms, queue wait ms)`` after each chunk and each decode (metrics)."""
+        self.on_lag: Callable[[float], None] | None = None
+        """For each chunk that ran at once (it could start speech): ms from its arrival to its VAD windows applied on
+        the loop — the detector thread's share of a pause (metrics)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._failure: BaseException | None = None
@@ -261,7 +264,8 @@ class LiveGateDriver:
         finished: asyncio.Future[None] | None = loop.create_future() if self.ran_at_once else None
         self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
                                   functools.partial(self._deliver, finished), kws_enabled=kws,
-                                  urgent=self.ran_at_once, early=functools.partial(self._windows, received_ms)))
+                                  urgent=self.ran_at_once,
+                                  early=functools.partial(self._windows, received_ms, self.ran_at_once)))
         if finished is not None:
             await finished
 
@@ -275,7 +279,7 @@ class LiveGateDriver:
             self._since_loud_samples += len(pcm)
         return self._since_loud_samples < QUIET_AFTER_LOUD_SAMPLES or self.models.vad.speaking
 
-    def _windows(self, received_ms: float | None, result: StepResult) -> None:
+    def _windows(self, received_ms: float | None, urgent: bool, result: StepResult) -> None:
         """On the loop: a chunk's VAD windows (and echo figures), as soon as they are decided — before the keyword
         spotter has run on the chunk (:meth:`GateModels.steps`)."""
         if self._closed:
@@ -283,6 +287,8 @@ class LiveGateDriver:
         self.applied_chunks += 1
         if received_ms is not None:
             self.gate.input_lag_ms = max(0.0, self.now_ms() - received_ms)
+            if urgent and self.on_lag is not None:
+                self.on_lag(self.gate.input_lag_ms)
         for stage, ms in (("vad", result.vad_ms), ("echo", result.echo_ms + result.aec_ms)):
             self.cpu_ms[stage] += ms
             if self.on_cpu is not None:

@@ -182,6 +182,7 @@ def _register(app: web.Application, call: CallCore) -> None:
     call.events.add_listener(metrics.observe)
     call.playout.late_observer = metrics.playout_late.observe
     call.cpu_observer = metrics.observe_stage
+    call.lag_observer = metrics.observe_detector_lag
     for hook in app[SESSION_HOOK]:
         hook(call)
 

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+DETECTOR_LAG_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
 LATENCY_BUCKETS = (0.02, 0.04, 0.064, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
 
 
@@ -45,6 +46,10 @@ class Metrics:
                                   buckets=LATENCY_BUCKETS, registry=r)
         self.asr_decode = Histogram("voicegate_asr_decode_seconds", "Compute time of one transcript decode",
                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.detector_lag = Histogram(
+            "voicegate_detector_lag_seconds",
+            "A chunk that could start speech: its arrival to its VAD windows applied on the event loop",
+            buckets=DETECTOR_LAG_BUCKETS, registry=r)
         self.threads = Gauge("voicegate_threads", "Python threads", registry=r)
         self.threads.set_function(threading.active_count)
         self.tasks = Gauge("voicegate_asyncio_tasks", "Pending asyncio tasks", registry=r)
@@ -83,6 +88,11 @@ class Metrics:
             self.asr_decode.observe(ms / 1000)
             if wait_ms is not None:
                 self.asr_wait.observe(wait_ms / 1000)
+
+    def observe_detector_lag(self, ms: float) -> None:
+        """One could-be-speech chunk's wait from its arrival to its VAD windows applied (the detector thread's share
+        of a pause)."""
+        self.detector_lag.observe(ms / 1000)
 
     def render(self) -> bytes:
         """The exposition text."""
