@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import base_url
 from voicegate.audio.pcm import load_audio, resample
 from voicegate.audio.vad import WINDOW_SAMPLES, VadWindow
+from voicegate.build import source_commit
 from voicegate.client import Caller, ClipTrack
 from voicegate.config import GateOptions
 from voicegate.gate.detectors import DetectorThread, Job
@@ -259,6 +260,7 @@ async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transpor
     bot pause it (timed by the callers), and the callers cost far less than the server."""
     result = await run_load(3, 9.0, workers=1, transport=transport)
     assert result["transport"] == transport
+    assert result["server_commits"] == [source_commit()], "the server ran this checkout's code"
     assert result["failed_calls"] == 0
     assert result["phrases"] >= 6
     assert result["caller_pauses"] >= 0.5 * result["phrases"], result

@@ -21,6 +21,8 @@ import aiohttp
 import numpy as np
 import pytest
 
+from voicegate import __version__
+from voicegate.build import source_commit
 from voicegate.client import Caller, ClipTrack
 from voicegate.load import process_tree, scrape, start_server
 
@@ -68,6 +70,8 @@ async def test_workers_share_one_port_by_capacity_and_survive_a_crash() -> None:
         assert status == 503 and ready["ready"] is False
         metrics = await scrape(server.url)
         assert metrics["voicegate_active_sessions"] == 2.0, "/metrics sums the workers' series"
+        build = f'voicegate_build_info{{commit="{source_commit()}",version="{__version__}"}}'
+        assert metrics.get(build) == 3.0, "the supervisor and both workers say which code they run"
         async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as res:
             text = await res.text()
         for index in (0, 1):

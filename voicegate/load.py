@@ -178,6 +178,13 @@ async def scrape(url: str, token: str | None = None) -> dict[str, float]:
     return out
 
 
+def server_commits(metrics: dict[str, float]) -> list[str]:
+    """The commits the server's processes report (``voicegate_build_info``): one, unless its workers run different
+    code."""
+    return sorted({m.group(1) for key in metrics
+                   if (m := re.match(r'^voicegate_build_info\{.*commit="([^"]*)".*\}$', key))})
+
+
 def stage_cpu(before: dict[str, float], after: dict[str, float], elapsed_secs: float) -> dict[str, float]:
     """Compute per pipeline stage during the run (``voicegate_stage_cpu_seconds``), in % of one core."""
     out = {}
@@ -433,6 +440,7 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "machine_idle_percent": round(100 * (idle1 - idle0) / (elapsed * machine_cpus()), 1),
         "frames_late_over_20ms": round(late_fraction(metrics, before), 4),
         "time_to_pause_ms_p95": round(float(np.percentile(pauses, 95)), 1) if pauses else None,
+        "server_commits": server_commits(metrics),
         "server_time_to_pause_ms_p95": histogram_p95_ms(before, metrics, "voicegate_time_to_pause_seconds"),
         "server_detector_lag_ms_p50": histogram_quantile_ms(before, metrics, "voicegate_detector_lag_seconds", 0.5),
         "server_detector_lag_ms_p95": histogram_quantile_ms(before, metrics, "voicegate_detector_lag_seconds", 0.95),
