@@ -11,6 +11,8 @@ import functools
 import subprocess
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from voicegate import __version__
 
 UNKNOWN = "unknown"
@@ -33,6 +35,8 @@ def source_commit() -> str:
     return commit + ("+dirty" if dirty else "") if commit else UNKNOWN
 
 
-def build_labels() -> dict[str, str]:
-    """The labels of ``voicegate_build_info``."""
-    return {"version": __version__, "commit": source_commit()}
+def register_build_info(registry: CollectorRegistry) -> None:
+    """Add ``voicegate_build_info{version,commit} 1`` to ``registry`` (a worker's or the supervisor's)."""
+    labels = {"version": __version__, "commit": source_commit()}
+    Gauge("voicegate_build_info", "The running code: version and git commit (1)", list(labels),
+          registry=registry).labels(**labels).set(1)

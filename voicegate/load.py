@@ -195,11 +195,6 @@ def stage_cpu(before: dict[str, float], after: dict[str, float], elapsed_secs: f
     return out
 
 
-def histogram_p95_ms(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
-    """The bucket bound under which 95 % of the run's observations of a histogram fell (ms)."""
-    return histogram_quantile_ms(before, after, name, 0.95)
-
-
 def histogram_quantile_ms(before: dict[str, float], after: dict[str, float], name: str, q: float) -> float | None:
     """The bucket bound under which the fraction ``q`` of the run's observations of a histogram fell (ms)."""
     total = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
@@ -441,7 +436,7 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "frames_late_over_20ms": round(late_fraction(metrics, before), 4),
         "time_to_pause_ms_p95": round(float(np.percentile(pauses, 95)), 1) if pauses else None,
         "server_commits": server_commits(metrics),
-        "server_time_to_pause_ms_p95": histogram_p95_ms(before, metrics, "voicegate_time_to_pause_seconds"),
+        "server_time_to_pause_ms_p95": histogram_quantile_ms(before, metrics, "voicegate_time_to_pause_seconds", 0.95),
         "server_detector_lag_ms_p50": histogram_quantile_ms(before, metrics, "voicegate_detector_lag_seconds", 0.5),
         "server_detector_lag_ms_p95": histogram_quantile_ms(before, metrics, "voicegate_detector_lag_seconds", 0.95),
         "caller_pause_ms_p50": round(float(np.percentile(heard, 50)), 1) if heard else None,
@@ -453,7 +448,7 @@ async def run_load(calls: int, secs: float, url: str | None = None, quiet: bool 
         "pauses": len(pauses),
         "server_rss_mb": round(server.rss_mb(), 1) if server else None,
         "stage_cpu_percent_of_one_core": stage_cpu(before, metrics, elapsed),
-        "asr_queue_wait_ms_p95": histogram_p95_ms(before, metrics, "voicegate_asr_queue_seconds"),
+        "asr_queue_wait_ms_p95": histogram_quantile_ms(before, metrics, "voicegate_asr_queue_seconds", 0.95),
         "vad_windows_per_onnx_run": _ratio(metrics, before, "voicegate_vad_windows", "voicegate_vad_onnx_runs"),
     }
     if server:

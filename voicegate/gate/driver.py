@@ -262,10 +262,12 @@ class LiveGateDriver:
         kws = spotter_wanted(self.gate)
         self.ran_at_once = self.could_be_speech(pcm)
         finished: asyncio.Future[None] | None = loop.create_future() if self.ran_at_once else None
+        # A chunk that could start speech has its windows applied the moment they are decided (``early``); a quiet
+        # one's come with the rest of its result, in the drain's one hand-off.
+        early = functools.partial(self._windows, received_ms, True) if self.ran_at_once else None
         self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
-                                  functools.partial(self._deliver, finished), kws_enabled=kws,
-                                  urgent=self.ran_at_once,
-                                  early=functools.partial(self._windows, received_ms, self.ran_at_once)))
+                                  functools.partial(self._deliver, finished, received_ms), kws_enabled=kws,
+                                  urgent=self.ran_at_once, early=early))
         if finished is not None:
             await finished
 
@@ -300,11 +302,14 @@ class LiveGateDriver:
         for window in result.windows:
             self.gate.on_window(window, now)
 
-    def _deliver(self, finished: asyncio.Future[None] | None, result: StepResult | None,
+    def _deliver(self, finished: asyncio.Future[None] | None, received_ms: float | None, result: StepResult | None,
                  exc: BaseException | None) -> None:
-        """On the loop: the rest of a chunk's results (the spotter's hits; its windows came first, :meth:`_windows`);
-        its failure goes to the awaiting :meth:`process`, or (a quiet chunk, not awaited) to the next one."""
+        """On the loop: the rest of a chunk's results — its windows too for a quiet chunk (``finished`` None: not
+        awaited, no early hand-off), then the spotter's hits; its failure goes to the awaiting :meth:`process`, or
+        (a quiet chunk) to the next one."""
         if result is not None and not self._closed:
+            if finished is None:
+                self._windows(received_ms, False, result)
             self.cpu_ms["kws"] += result.kws_ms
             if self.on_cpu is not None:
                 self.on_cpu("kws", result.kws_ms, None)

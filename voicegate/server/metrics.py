@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from voicegate.build import build_labels
+from voicegate.build import register_build_info
 
 DETECTOR_LAG_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
 LATENCY_BUCKETS = (0.02, 0.04, 0.064, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -52,9 +52,7 @@ class Metrics:
             "voicegate_detector_lag_seconds",
             "A chunk that could start speech: its arrival to its VAD windows applied on the event loop",
             buckets=DETECTOR_LAG_BUCKETS, registry=r)
-        build = build_labels()
-        Gauge("voicegate_build_info", "The running code: version and git commit (1)", list(build),
-              registry=r).labels(**build).set(1)
+        register_build_info(r)
         self.threads = Gauge("voicegate_threads", "Python threads", registry=r)
         self.threads.set_function(threading.active_count)
         self.tasks = Gauge("voicegate_asyncio_tasks", "Pending asyncio tasks", registry=r)

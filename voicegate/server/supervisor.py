@@ -45,7 +45,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from voicegate.build import build_labels
+from voicegate.build import register_build_info
 from voicegate.config import HANDOFF_SOCKET_ENV, Options
 from voicegate.server import handoff
 from voicegate.server.app import OPTIONS, _error, _rate_limited, guarded_app
@@ -117,9 +117,7 @@ class Supervisor:
         self.routed = Counter("voicegate_supervisor_offers", "Offers by outcome at the supervisor", ["outcome"],
                               registry=self.registry)
         self.alive = Gauge("voicegate_supervisor_workers_alive", "Workers answering /healthz", registry=self.registry)
-        build = build_labels()
-        Gauge("voicegate_build_info", "The running code: version and git commit (1)", list(build),
-              registry=self.registry).labels(**build).set(1)
+        register_build_info(self.registry)
         self.restarts = Counter("voicegate_supervisor_worker_restarts", "Workers restarted after dying",
                                 registry=self.registry)
 
