@@ -97,3 +97,34 @@ def test_without_the_library_the_gate_keeps_the_echo_guard(monkeypatch: pytest.M
     chunk = (np.random.default_rng(1).normal(0, 1000, 320)).astype(np.int16)
     raw, clean = control.cancel(chunk)
     assert np.array_equal(raw, chunk) and np.array_equal(clean, chunk), "no canceller, no change, no delay"
+
+
+def test_a_chunk_processed_late_is_anchored_where_it_arrived(bot16: np.ndarray) -> None:
+    """The detector thread may run a call's chunk up to an idle tick after it arrived: with the bot's audio sent by
+    then (read on arrival), the canceller's output is the same as for chunks run as they arrive; read when the
+    chunk runs, the reference would slide by the wait and the anchor jump back and forth."""
+    bot = bot16.astype(np.int16)
+    echo = _echo(bot16, Echo(delay_ms=120, gain_db=0, rt60_s=0.3, codec="opus", seed=5))
+    frames = [(bot[i:i + 320], echo[i:i + 320]) for i in range(0, len(echo) - 319, 320)]
+
+    def run(backlog: int, on_arrival: bool) -> tuple[np.ndarray, EchoControl]:
+        control = EchoControl(16_000, correlation=0.5, cancel=True)
+        waiting: list[tuple[np.ndarray, int | None]] = []
+        out = []
+        for sent, heard in frames:
+            control.add_outbound(sent)
+            waiting.append((heard, control.outbound_samples() if on_arrival else None))
+            if len(waiting) == backlog:
+                out += [control.cancel(pcm, anchor)[1] for pcm, anchor in waiting]
+                waiting.clear()
+        return np.concatenate(out), control
+
+    prompt, control = run(1, on_arrival=True)
+    assert control.reanchors == 0 and control.engaged
+    assert _db(echo[32_000:len(prompt)], prompt[32_000:].astype(np.float32)) >= 15.0, "the echo is cancelled"
+    late, control = run(6, on_arrival=True)
+    assert control.reanchors == 0
+    n = min(len(prompt), len(late))
+    assert np.array_equal(late[:n], prompt[:n]), "a late chunk is cleaned exactly as one run on arrival"
+    _, control = run(6, on_arrival=False)
+    assert control.reanchors > 0, "read when the chunk runs, the anchor moves with the wait"

@@ -20,6 +20,7 @@ from voicegate.client import Caller, ClipTrack
 from voicegate.config import GateOptions
 from voicegate.gate.detectors import DetectorThread, Job
 from voicegate.gate.driver import GateModels, LiveGateDriver, StepResult
+from voicegate.gate.reflex import ReflexGate
 from voicegate.load import machine_cpus, run_load, summarize_rounds
 from voicegate.media.inbound import DecodingJitterBuffer
 from voicegate.media.opus import OpusDecoder
@@ -344,8 +345,9 @@ async def test_ws_call_plays_out_at_the_clients_rate(server: TestServer, rate: i
 
 async def test_quiet_chunks_wait_for_the_detector_tick_and_speech_runs_at_once(shared_data: Path) -> None:
     """A live reflex: chunks of digital silence return before their results land (they wait for the thread's next
-    tick, shared with other calls); the first chunk at speech level runs at once and, when it returns, every chunk
-    before it has been applied, in order; the windows the gate saw are those of the models stepped alone."""
+    tick, shared with other calls; the idle tick while the gate has nothing in progress); the first chunk at speech
+    level runs at once and, when it returns, every chunk before it has been applied, in order; the windows the gate
+    saw are those of the models stepped alone."""
     reflex = Reflex(bot_sample_rate=16_000)
     await reflex.start()
     driver = reflex.driver
@@ -358,6 +360,15 @@ async def test_quiet_chunks_wait_for_the_detector_tick_and_speech_runs_at_once(s
         on_window(window, t_ms)
 
     driver.gate.on_window = record  # type: ignore[method-assign]
+    kinds: list[tuple[bool, bool, bool]] = []
+    submit = driver.detectors.submit
+
+    def classify(job: Job) -> None:
+        assert isinstance(driver.gate, ReflexGate)
+        kinds.append((job.urgent, job.idle, driver.gate.idle))
+        submit(job)
+
+    driver.detectors.submit = classify  # type: ignore[method-assign]
     speech = load_audio(shared_data / RECORDINGS[0], 16_000)[: 16_000 * 3]
     chunks = [np.zeros(320, np.int16) for _ in range(40)] + [speech[i:i + 320] for i in range(0, len(speech), 320)]
     quiet_returned_early = at_once = 0
@@ -371,6 +382,10 @@ async def test_quiet_chunks_wait_for_the_detector_tick_and_speech_runs_at_once(s
             assert driver.applied_chunks == i + 1
             at_once += 1
     assert quiet_returned_early >= 35, quiet_returned_early
+    assert all(idle for _, idle, _ in kinds[:40]), "silence with nothing in progress waits for the idle tick"
+    assert all(not idle for urgent, idle, gate_idle in kinds if urgent or not gate_idle), \
+        "a chunk that could be speech, or one while the gate has something in progress, is not idle"
+    assert sum(not gate_idle for _, _, gate_idle in kinds) > 20, "the speech opened a segment"
     for _ in range(100):
         if driver.applied_chunks == len(chunks):
             break
@@ -382,3 +397,57 @@ async def test_quiet_chunks_wait_for_the_detector_tick_and_speech_runs_at_once(s
     assert any(w.voiced for w in seen), "the recording holds speech"
     assert at_once >= 0.5 * (len(chunks) - 40), at_once
     reflex.close()
+
+
+async def test_an_idle_calls_chunks_wait_for_the_idle_tick_and_speech_takes_only_its_own_backlog(
+        shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two idle calls' quiet chunks (``Job.idle``) run a few at a time, at the idle tick, not one drain per 20 ms
+    chunk; a chunk of one call that could be speech runs at once with that call's backlog before it, in order, and
+    leaves the other call's chunks for their tick; every result lands in order, equal to the call stepped alone."""
+    loop = asyncio.get_running_loop()
+    speech = load_audio(shared_data / RECORDINGS[0], 16_000)
+    chunk, quiet_chunks = 320, 25
+    pcm = [np.concatenate([np.zeros(chunk * quiet_chunks, np.int16), speech[:chunk]]) for _ in range(2)]
+    detectors = DetectorThread(tick_ms=20, idle_tick_ms=200)
+    drains: list[list[int]] = []
+    drain = detectors.drain
+
+    def record(jobs: list[Job], arrived: Callable[[], list[Job]] | None = None) -> list[tuple[Job, StepResult | None,
+                                                                                         BaseException | None]]:
+        drains.append([calls.index(job.models) for job in jobs])
+        return drain(jobs, arrived)
+
+    monkeypatch.setattr(detectors, "drain", record)
+    calls = [GateModels(GateOptions(), 16_000) for _ in pcm]
+    got: list[list[StepResult]] = [[], []]
+    spoke = asyncio.Event()
+
+    def keep(k: int, last: bool) -> Callable[[StepResult | None, BaseException | None], None]:
+        def deliver(result: StepResult | None, exc: BaseException | None) -> None:
+            assert exc is None and result is not None
+            got[k].append(result)
+            if last:
+                spoke.set()
+        return deliver
+
+    for i in range(quiet_chunks):
+        for k, models in enumerate(calls):
+            detectors.submit(Job(models, pcm[k][i * chunk:(i + 1) * chunk], 200.0, loop, keep(k, False),
+                                 urgent=False, idle=True))
+        await asyncio.sleep(0.02)
+    idle_drains = len(drains)
+    # Call 1's chunk is queued just before call 0's speech: it waits for its tick.
+    detectors.submit(Job(calls[1], pcm[1][quiet_chunks * chunk:], 200.0, loop, keep(1, False), urgent=False,
+                         idle=True))
+    detectors.submit(Job(calls[0], pcm[0][quiet_chunks * chunk:], 200.0, loop, keep(0, True)))
+    await asyncio.wait_for(spoke.wait(), 10)
+    assert drains[idle_drains] == [0] * (len(drains[idle_drains])), "speech must not wait for another call's chunks"
+    assert len(got[0]) == quiet_chunks + 1, "the speaking call's backlog is applied before its speech"
+    for _ in range(100):
+        if len(got[1]) == quiet_chunks + 1:
+            break
+        await asyncio.sleep(0.01)
+    assert 0 < idle_drains <= 10, f"{quiet_chunks} chunks of idle calls took {idle_drains} drains"
+    for k in range(2):
+        alone = _stepped_alone(pcm[k], chunk, quiet_chunks + 1)
+        assert _decisions(got[k]) == _decisions(alone)

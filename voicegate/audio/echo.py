@@ -209,25 +209,33 @@ class EchoControl:
                     dest[first:] = self._ring[:b]
         return out
 
-    def _anchor(self, chunk_end: int) -> int:
+    def outbound_samples(self) -> int:
+        """The outbound audio sent so far, in 16 kHz reference samples (any thread).
+
+        Read as a microphone chunk arrives and handed to :meth:`cancel` with it, it anchors the chunk to what had
+        been played when it was heard, however long the chunk then waits for the detector thread."""
         with self._lock:
-            written = self._written + self._dropped_16k + self._queued_samples * PIPELINE_SAMPLE_RATE // self._rate
-            now = written - chunk_end - int(ANCHOR_MARGIN_MS * PIPELINE_SAMPLE_RATE / 1000)
+            return self._written + self._dropped_16k + self._queued_samples * PIPELINE_SAMPLE_RATE // self._rate
+
+    def _anchor(self, chunk_end: int, outbound_samples: int | None = None) -> int:
+        written = self.outbound_samples() if outbound_samples is None else outbound_samples
+        now = written - chunk_end - int(ANCHOR_MARGIN_MS * PIPELINE_SAMPLE_RATE / 1000)
         if self._offset is None or abs(now - self._offset) > REANCHOR_MS * PIPELINE_SAMPLE_RATE / 1000:
             if self._offset is not None:
                 self.reanchors += 1
             self._offset = now
         return self._offset
 
-    def cancel(self, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def cancel(self, pcm: np.ndarray, outbound_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the canceller over a microphone chunk; returns (raw, for the detectors) for the same instants.
+        ``outbound_samples``: :meth:`outbound_samples` when the chunk arrived (default: now).
 
         The canceller always runs (it learns), but the detectors get its output only once an echo has been found
         (:attr:`engaged`): with headphones, or a browser that cancels its own echo, nothing comes back, and the
         canceller's residual suppression would only blunt the starts of the user's words. Once engaged, the raw
         signal is delayed like the cleaned one (WebRTC's processing delay, :attr:`lag`).
         """
-        offset = self._anchor(self._mic_pos + len(self._pending) + len(pcm))
+        offset = self._anchor(self._mic_pos + len(self._pending) + len(pcm), outbound_samples)
         self._pending = np.concatenate([self._pending, pcm.astype(np.float32)])
         aec = self.aec
         if aec is None or aec.failed:

@@ -106,22 +106,23 @@ class GateModels:
             result: StepResult = done.value
             return result
 
-    def steps(self, pcm: np.ndarray, hangover_ms: float,
-              kws_enabled: bool | None = None) -> Generator[VadQuery | StepResult, VadAnswer | None, StepResult]:
+    def steps(self, pcm: np.ndarray, hangover_ms: float, kws_enabled: bool | None = None,
+              outbound_samples: int | None = None) -> Generator[VadQuery | StepResult, VadAnswer | None, StepResult]:
         """:meth:`step` as a generator, so that the caller can run many calls' windows in one ONNX run and put the
         windows before the spotter (:class:`~voicegate.gate.detectors.DetectorThread`): it yields each window's
         Silero input and is sent back its answer; then it yields the result with the chunk's windows (a pause may
         start on them: the caller can apply them now) and is sent ``None``; then the keyword spotter runs on the
         chunk and the result, hits added, is returned. The same steps in the same order as :meth:`step`, so the
         same result. ``kws_enabled``: the spotter's switch as it was when the chunk arrived (default
-        :attr:`kws_enabled` now)."""
+        :attr:`kws_enabled` now); ``outbound_samples``: the bot's audio sent by then (the echo canceller's anchor,
+        :meth:`~voicegate.audio.echo.EchoControl.outbound_samples`; default: now)."""
         if kws_enabled is not None:
             self.kws_enabled = kws_enabled
         result = StepResult()
         t0 = time.perf_counter()
         if self.echo is not None:
             self.echo.near_end = self.vad.speaking
-            raw, clean = self.echo.cancel(pcm)
+            raw, clean = self.echo.cancel(pcm, outbound_samples)
         else:
             raw = clean = pcm
         result.aec_ms = (time.perf_counter() - t0) * 1000
@@ -253,21 +254,24 @@ class LiveGateDriver:
     async def process(self, pcm: np.ndarray, received_ms: float | None = None) -> None:
         """Run one chunk. A chunk that could be speech (:meth:`could_be_speech`) wakes the detector thread at once and
         its decisions are applied on the loop before this returns; a quiet one is queued for the thread's next tick
-        and this returns at once (its results are applied, in order, when they come). Raises what the models raised
-        on this chunk or on an earlier quiet one."""
+        (the idle tick when the gate has nothing in progress: ``gate.idle``) and this returns at once (its results
+        are applied, in order, when they come). Raises what the models raised on this chunk or on an earlier quiet
+        one."""
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
         loop = self._loop = asyncio.get_running_loop()
         kws = spotter_wanted(self.gate)
         self.ran_at_once = self.could_be_speech(pcm)
+        idle = not self.ran_at_once and bool(getattr(self.gate, "idle", False))
+        outbound = self.models.echo.outbound_samples() if self.models.echo is not None else None
         finished: asyncio.Future[None] | None = loop.create_future() if self.ran_at_once else None
         # A chunk that could start speech has its windows applied the moment they are decided (``early``); a quiet
         # one's come with the rest of its result, in the drain's one hand-off.
         early = functools.partial(self._windows, received_ms, True) if self.ran_at_once else None
         self.detectors.submit(Job(self.models, pcm, self.gate.hangover_ms, loop,
                                   functools.partial(self._deliver, finished, received_ms), kws_enabled=kws,
-                                  urgent=self.ran_at_once, early=early))
+                                  urgent=self.ran_at_once, idle=idle, outbound_samples=outbound, early=early))
         if finished is not None:
             await finished
 

@@ -189,6 +189,12 @@ class ReflexGate:
             return PAUSED_HANGOVER_MS
         return self.options.end_of_turn_ms if seg is not None else self.options.vad_hangover_ms
 
+    @property
+    def idle(self) -> bool:
+        """Nothing in progress: no segment (no speech, no verdict owed) and no interrupting turn that may go on — a
+        window that cannot start speech changes nothing now, so the driver may hand it over late."""
+        return self.segment is None and self._pending_turn is None
+
     def on_window(self, w: VadWindow, t_ms: float) -> None:
         """One VAD window has been classified; ``t_ms`` is the media time at which its result is known."""
         pending = self._pending_turn
