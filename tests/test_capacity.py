@@ -266,8 +266,10 @@ async def test_load_with_socket_callers_times_pauses_on_the_caller_side(transpor
     assert result["phrases"] >= 6
     assert result["caller_pauses"] >= 0.5 * result["phrases"], result
     assert 20 < result["caller_pause_ms_p50"] < 400, result
-    if transport == "ws":  # the bot's voice ends before the first whole silent frame; bot.paused is heard
-        assert result["caller_voice_end_ms_p50"] < result["caller_pause_ms_p50"], result
+    if transport == "ws":  # the bot's voice ends by the first whole silent frame; bot.paused is heard
+        # Equal for a pause that finds the bot between words (nothing left to fade): CI once drew a median of those
+        # (72.3 ms both); the fade's own 16 ms is checked on synthetic frames below.
+        assert 0 < result["caller_voice_end_ms_p50"] <= result["caller_pause_ms_p50"], result
         assert 0 < result["caller_paused_event_ms_p50"] < 400, result
     assert result["callers_cpu_percent_of_one_core"] < 0.5 * result["server_cpu_percent_of_one_core"], result
     # The machine's idle share leaves room for what the server and the callers were measured to run.
