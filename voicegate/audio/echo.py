@@ -228,12 +228,12 @@ class EchoControl:
 
     def cancel(self, pcm: np.ndarray, outbound_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the canceller over a microphone chunk; returns (raw, for the detectors) for the same instants.
-        ``outbound_samples``: :meth:`outbound_samples` when the chunk arrived (default: now).
 
         The canceller always runs (it learns), but the detectors get its output only once an echo has been found
         (:attr:`engaged`): with headphones, or a browser that cancels its own echo, nothing comes back, and the
         canceller's residual suppression would only blunt the starts of the user's words. Once engaged, the raw
-        signal is delayed like the cleaned one (WebRTC's processing delay, :attr:`lag`).
+        signal is delayed like the cleaned one (WebRTC's processing delay, :attr:`lag`). ``outbound_samples``:
+        :meth:`outbound_samples` read when the chunk arrived (default: now).
         """
         offset = self._anchor(self._mic_pos + len(self._pending) + len(pcm), outbound_samples)
         self._pending = np.concatenate([self._pending, pcm.astype(np.float32)])
